@@ -9,6 +9,7 @@ import gymnasium as gym
 
 import pyvision_env  # noqa: F401  (registers the envs)
 
+from .episode import Episode
 from .policies import ScriptedPolicy
 
 
@@ -28,7 +29,8 @@ def run(episodes_per_env: int = 3, seed: int = 0, show: bool = True) -> list[dic
             obs, info = env.reset(seed=seed + k)
             uniform = info.get("visual_tokens_uniform")
             task = env.unwrapped._episode.task
-            policy = ScriptedPolicy(task)
+            policy = ScriptedPolicy()
+            episode = Episode.from_reset(env_id, obs, info, task=task)
             if show:
                 print(f"\n=== {env_id} | {task.id} | isolation: {info['isolation']}")
                 print(_indent(task.question, lines=3))
@@ -36,9 +38,10 @@ def run(episodes_per_env: int = 3, seed: int = 0, show: bool = True) -> list[dic
                 print(f"  input frames: {sizes}")
             reward, done = 0.0, False
             while not done:
-                turn = policy.act(obs["text"])
-                obs, reward, terminated, truncated, info = env.step(turn)
+                turn = policy.act(episode)
+                obs, reward, terminated, truncated, info = env.step(turn.text)
                 done = terminated or truncated
+                episode.add(turn, None if done else obs)
                 if show and not done:
                     frames = ", ".join(f"{i.shape[1]}x{i.shape[0]}" for i in obs["images"]) or "none"
                     print(f"  turn {info['turn']}: ran code in {info['exec_time_s'] * 1000:.1f} ms, frames: {frames}")
