@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
+
+from .policies import POLICY_KINDS
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
@@ -49,12 +52,107 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0 if all(s["accuracy"] == 1.0 for s in summaries) else 1
 
 
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="run a policy on tasks concurrently; write trajectories and a summary",
+                       description="Play every task with a policy, many episodes at once, and write "
+                       "OUT/trajectories.jsonl (one record per episode), frames under OUT/frames and "
+                       "OUT/summary.json. Running again with the same --out resumes: finished episodes are kept.")
+    p.add_argument("--env", required=True, metavar="ID", help="PyVisionImage-v0 or PyVisionVideo-v0")
+    p.add_argument("--tasks", default="synthetic", metavar="FILE", help="JSONL/JSON/parquet task file, a benchmark "
+                   "directory or a synthetic suite name (default: synthetic)")
+    p.add_argument("--policy", required=True, choices=POLICY_KINDS, help="who plays the turns")
+    p.add_argument("--model", help="model name (openai, vllm) or path/id (transformers, vllm)")
+    p.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 "
+                   "(key: $OPENAI_API_KEY)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--concurrency", type=int, default=8, metavar="N", help="episodes at once (default 8)")
+    p.add_argument("--samples", type=int, default=1, metavar="K", help="episodes per task (default 1)")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N tasks")
+    p.add_argument("--max-turns", type=int, metavar="N", help="model turns per episode (env default: 10)")
+    p.add_argument("--temperature", type=float, help="sampling temperature (policy default)")
+    p.add_argument("--top-p", type=float, help="nucleus sampling (policy default)")
+    p.add_argument("--max-tokens", type=int, metavar="N", help="tokens per model turn (policy default)")
+    p.add_argument("--env-config", default="{}", metavar="JSON", help="more env settings as a JSON object, "
+                   'e.g. \'{"exec_timeout_s": 10, "prompt_style": "pyvision_rl"}\'')
+    p.add_argument("--no-frames", action="store_true", help="do not save frames as files")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    import json
+
+    import gymnasium as gym
+
+    from pyvision_env.errors import PyVisionError
+
+    from .policies import make_policy
+    from .rollout import rollout
+    from .summary import format_table, summarize
+
+    for name in ("concurrency", "samples", "limit", "max_turns", "max_tokens"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise SystemExit(f"pyvision eval: --{name.replace('_', '-')} must be at least 1, got {value}")
+    try:
+        env_kwargs = json.loads(args.env_config)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"pyvision eval: --env-config is not valid JSON: {exc}") from exc
+    if not isinstance(env_kwargs, dict):
+        raise SystemExit("pyvision eval: --env-config must be a JSON object")
+    env_kwargs["tasks"] = args.tasks
+    if args.max_turns is not None:
+        env_kwargs["max_turns"] = args.max_turns
+    sampling = {k: v for k, v in (("temperature", args.temperature), ("top_p", args.top_p),
+                                  ("max_tokens", args.max_tokens)) if v is not None}
+    try:
+        policy = make_policy(args.policy, model=args.model, base_url=args.base_url, concurrency=args.concurrency,
+                             **sampling)
+        try:
+            records = rollout(args.env, policy, env_kwargs=env_kwargs, limit=args.limit, samples=args.samples,
+                              concurrency=args.concurrency, out_dir=args.out, save_frames=not args.no_frames,
+                              progress=not args.quiet)
+        finally:
+            policy.close()
+    except (PyVisionError, gym.error.Error, ValueError, OSError) as exc:
+        raise SystemExit(f"pyvision eval: {exc}") from exc
+    summary = summarize(records)
+    out = Path(args.out)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(format_table(summary))
+    print(f"\n{len(records)} episodes in {out}/trajectories.jsonl; summary in {out}/summary.json; "
+          f"see them with: pyvision view {out}")
+    return 0
+
+
+def _add_view(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("view", help="write a self-contained HTML page of a run's trajectories",
+                       description="Write one HTML file (frames inline, code highlighted, outputs, rewards, "
+                       "filters by data source and correctness) that opens in any browser, offline.")
+    p.add_argument("run_dir", metavar="DIR", help="an output directory of pyvision eval")
+    p.add_argument("--out", metavar="FILE", help="where to write the page (default DIR/index.html)")
+    p.set_defaults(func=_run_view)
+
+
+def _run_view(args: argparse.Namespace) -> int:
+    from .viewer import write_html
+
+    try:
+        path = write_html(args.run_dir, args.out)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"pyvision view: {exc}") from exc
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pyvision`` console script; returns the exit status."""
     parser = argparse.ArgumentParser(prog="pyvision", description="PyVision: Gymnasium environments for "
                                      "vision models that use Python code as their tool.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_demo(sub)
+    _add_eval(sub)
+    _add_view(sub)
     _add_bench(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -4,7 +4,44 @@ Model-backed policies import their heavy dependencies (openai, torch, vllm) lazi
 ``from pyvision_agent.policies import ScriptedPolicy`` stays light.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 from .base import Policy
 from .scripted import ScriptedPolicy
 
-__all__ = ["Policy", "ScriptedPolicy"]
+POLICY_KINDS = ("openai", "transformers", "vllm", "scripted")
+
+
+def make_policy(kind: str, *, model: str | None = None, base_url: str | None = None, concurrency: int = 8,
+                **sampling: Any) -> Policy:
+    """The policy ``pyvision eval --policy KIND`` plays with; ``sampling`` holds temperature, top_p, max_tokens."""
+    if kind == "scripted":
+        if sampling or model:
+            raise ValueError("the scripted policy plays the tasks' solutions: it takes no model or sampling settings")
+        return ScriptedPolicy()
+    if kind not in POLICY_KINDS:
+        raise ValueError(f"unknown policy {kind!r}; choose one of {', '.join(POLICY_KINDS)}")
+    if not model:
+        raise ValueError(f"the {kind} policy needs --model")
+    if kind == "openai":
+        from .openai import OpenAIPolicy
+
+        return OpenAIPolicy(model, base_url=base_url, max_concurrency=concurrency, **sampling)
+    if base_url:
+        raise ValueError(f"--base-url is for the openai policy, not {kind}")
+    if kind == "transformers":
+        from .transformers import TransformersPolicy
+
+        return TransformersPolicy(model, **_rename(sampling, max_tokens="max_new_tokens"))
+    from .vllm import VLLMPolicy
+
+    return VLLMPolicy(model, **sampling)
+
+
+def _rename(options: dict[str, Any], **names: str) -> dict[str, Any]:
+    return {names.get(k, k): v for k, v in options.items()}
+
+
+__all__ = ["POLICY_KINDS", "Policy", "ScriptedPolicy", "make_policy"]
