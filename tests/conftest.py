@@ -41,3 +41,17 @@ def fake_server() -> Iterator[FakeOpenAIServer]:
     server.shutdown()
     server.server_close()
     thread.join()
+
+
+_OWN_VENV = {"verl", "vllm"}  # these suites run in .venv-verl / .venv-vllm (tests/run_all.sh)
+
+
+def pytest_ignore_collect(collection_path, config):
+    """Skip tests/verl and tests/vllm unless they are asked for by path: their packages pin other
+    transformers versions, so they live in their own virtual environments."""
+    from pathlib import Path
+
+    if collection_path.parent != Path(__file__).parent or collection_path.name not in _OWN_VENV:
+        return None
+    asked = [Path(arg.split("::")[0]).resolve() for arg in config.args]
+    return not any(a == collection_path or collection_path in a.parents for a in asked)
