@@ -91,6 +91,7 @@ def write_html(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the run's page (default ``RUN_DIR/index.html``) and return its path."""
     run = load_run(run_dir)
     out = Path(out) if out is not None else run.run_dir / "index.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render(run), encoding="utf-8")
     return out
 

@@ -193,8 +193,8 @@ def test_output_path_default_and_explicit(tmp_path):
     run = write_run(tmp_path / "run", [record(tmp_path / "run", "x", source="s", correct=True)])
     assert write_html(run) == run / "index.html"
     assert (run / "index.html").is_file()
-    out = write_html(run, tmp_path / "elsewhere.html")
-    assert out == tmp_path / "elsewhere.html" and out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    out = write_html(run, tmp_path / "new" / "elsewhere.html")
+    assert out == tmp_path / "new" / "elsewhere.html" and out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
 
 
 def test_summary_from_summary_json_or_computed(tmp_path):
