@@ -141,7 +141,7 @@ def _run_view(args: argparse.Namespace) -> int:
         path = write_html(args.run_dir, args.out)
     except FileNotFoundError as exc:
         raise SystemExit(f"pyvision view: {exc}") from exc
-    print(f"wrote {path}")
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); open {path.resolve().as_uri()} in a browser")
     return 0
 
 

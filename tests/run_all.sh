@@ -11,10 +11,10 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 PIP_FLAGS=(-q --disable-pip-version-check)
 
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+if ! command -v chromium >/dev/null; then
     # the trajectory viewer is tested in a real headless Chromium
     SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
 fi
 
 install_main() {

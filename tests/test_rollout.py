@@ -229,3 +229,14 @@ def test_arollout_runs_inside_a_running_loop(tmp_path):
     records = asyncio.run(main_loop())
     assert [r["correct"] for r in records] == [True, True]
     assert os.listdir(tmp_path) == []  # no out_dir: nothing written
+
+
+def test_view_command_writes_the_page_of_an_eval_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["eval", "--env", "PyVisionVideo-v0", "--policy", "scripted", "--limit", "2", "--out", str(out),
+                 "--quiet"]) == 0
+    assert main(["view", str(out)]) == 0
+    page = (out / "index.html").read_text()
+    assert "wrote" in capsys.readouterr().out and page.count("synthetic-video-") >= 2
+    with pytest.raises(SystemExit, match="no_such_run"):
+        main(["view", str(tmp_path / "no_such_run")])
