@@ -1,0 +1,247 @@
+"""Shared fixtures of the verl tests (run in the verl venv: ``.venv-verl/bin/python -m pytest tests/verl``).
+
+A tiny random Qwen2.5-VL with its tokenizer and image processor, verl's real trainer config composed
+with Hydra, PyVision dataset rows, and two generate servers with the signature of verl's
+``LLMServerClient.generate``: :class:`ScriptedServer` plays given turns (so real code from the
+synthetic suites runs and the answer, reward and masks can be checked exactly) and
+:class:`TinyModelServer` samples from the tiny model with transformers (junk, by design).
+
+Fixtures for other verl tests are appended below the ones here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import types
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import pytest
+import torch
+import verl
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+from tiny_models import tiny_qwen25_vl
+from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, Qwen2VLImageProcessor
+from transformers.models.qwen2_5_vl import Qwen2_5_VLModel
+from transformers.processing_utils import ProcessorMixin
+from verl.experimental.agent_loop.agent_loop import DictConfigWrap, ToolListWrap
+from verl.utils.dataset.rl_dataset import RLHFDataset
+from verl.workers.rollout.replica import TokenOutput
+
+from pyvision_env.tasks import Task
+
+REPO = Path(__file__).resolve().parents[2]
+AGENT_LOOP_YAML = REPO / "pyvision_agent" / "verl" / "agent_loop.yaml"
+
+
+class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
+    """Qwen2.5-VL's processor without its video processor, which needs torchvision (absent on CPU here).
+
+    Everything an image episode touches (chat template, placeholder expansion, pixel values, grid sizes)
+    is the real class's code; ``AutoProcessor`` fails on this machine only because of the video part.
+    """
+
+    def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None,
+                 **kwargs: Any) -> None:
+        self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+        self.video_processor = None
+
+
+@pytest.fixture(scope="session")
+def tiny_vl_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_qwen25_vl(tmp_path_factory.mktemp("tiny-qwen25-vl"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_vl_path: Path) -> Any:
+    return AutoTokenizer.from_pretrained(tiny_vl_path)
+
+
+@pytest.fixture(scope="session")
+def processor(tiny_vl_path: Path, tokenizer: Any) -> ImageOnlyQwen2_5_VLProcessor:
+    """The processor as verl's ``hf_processor`` prepares it: with the model's ``get_rope_index`` bound."""
+    proc = ImageOnlyQwen2_5_VLProcessor(Qwen2VLImageProcessor.from_pretrained(tiny_vl_path), tokenizer,
+                                        chat_template=tokenizer.chat_template)
+    proc.config = Qwen2_5_VLForConditionalGeneration.config_class.from_pretrained(tiny_vl_path)
+    proc.get_rope_index = types.MethodType(Qwen2_5_VLModel.get_rope_index, proc)
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_vl_model(tiny_vl_path: Path) -> Qwen2_5_VLForConditionalGeneration:
+    return Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_vl_path).eval()
+
+
+@pytest.fixture(scope="session")
+def compose_config(tiny_vl_path: Path) -> Callable[..., DictConfig]:
+    """verl's ``ppo_trainer`` config with the tiny model and the given Hydra overrides."""
+    config_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
+
+    def compose(*overrides: str) -> DictConfig:
+        with hydra.initialize_config_dir(config_dir=config_dir, version_base=None):
+            return hydra.compose(config_name="ppo_trainer", overrides=[
+                f"actor_rollout_ref.model.path={tiny_vl_path}",
+                f"actor_rollout_ref.rollout.agent.agent_loop_config_path={AGENT_LOOP_YAML}",
+                "actor_rollout_ref.rollout.prompt_length=2048",
+                "actor_rollout_ref.rollout.response_length=2048",
+                *overrides])
+
+    return compose
+
+
+@pytest.fixture(scope="session")
+def make_loop(compose_config: Callable[..., DictConfig], tokenizer: Any, processor: Any) -> Callable[..., Any]:
+    """Build a ``PyVisionAgentLoop`` exactly as verl's ``AgentLoopWorker`` does: the entry of
+    ``agent_loop.yaml`` (with ``yaml`` keys merged in) through ``hydra.utils.instantiate``."""
+    base = compose_config()
+
+    def make(server: Any, *, yaml: dict[str, Any] | None = None, config: DictConfig | None = None) -> Any:
+        entries = OmegaConf.load(AGENT_LOOP_YAML)
+        (entry,) = [e for e in entries if e.name == "pyvision_agent"]
+        entry = OmegaConf.merge(entry, yaml or {})
+        del entry["name"]
+        trainer_config = config if config is not None else base
+        return hydra.utils.instantiate(
+            config=entry, trainer_config=DictConfigWrap(config=trainer_config), server_manager=server,
+            tokenizer=tokenizer, processor=processor, hf_model_type="qwen2_5_vl", dataset_cls=RLHFDataset,
+            data_config=DictConfigWrap(trainer_config.data), tools=ToolListWrap([]))
+
+    return make
+
+
+@pytest.fixture()
+def make_row(tmp_path: Path) -> Callable[..., dict[str, Any]]:
+    """A PyVision dataset row as the trainer hands it to an agent loop (the dataset's non-tensor fields).
+
+    Images are written to PNG files and the scripted solution is left out of the task, as the data
+    preparation does.
+    """
+
+    def make(task: Task, env_id: str, index: int = 0) -> dict[str, Any]:
+        images = []
+        for k, image in enumerate(task.images):
+            path = tmp_path / f"{task.id}-{k}.png"
+            Image.fromarray(np.asarray(image)).save(path)
+            images.append(str(path))
+        data = task.model_dump() | {"images": images, "metadata": {
+            k: v for k, v in task.metadata.items() if k != "solution"}}
+        return {
+            "data_source": task.data_source,
+            "raw_prompt": [{"role": "user", "content": task.question}],
+            "reward_model": {"style": "rule", "ground_truth": task.answer},
+            "extra_info": {"index": index, "split": "train", "env_id": env_id, "task": json.dumps(data)},
+            "index": index, "tools_kwargs": {}, "interaction_kwargs": {},
+        }
+
+    return make
+
+
+class ScriptedServer:
+    """Plays given turns, tokenised with the model's tokenizer, through verl's ``generate`` signature.
+
+    It honours ``max_tokens`` and ``stop`` like a real server (tokens up to and including the stop
+    string) and records every call so tests can check what the loop sent turn by turn.
+    """
+
+    def __init__(self, tokenizer: Any, turns: list[str]) -> None:
+        self.tokenizer, self.turns = tokenizer, turns
+        self.calls: list[dict[str, Any]] = []
+        self._turn_of: dict[str, int] = defaultdict(int)
+
+    async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any],
+                       image_data: list[Any] | None = None, video_data: list[Any] | None = None,
+                       **kwargs: Any) -> TokenOutput:
+        k = self._turn_of[request_id]
+        self._turn_of[request_id] += 1
+        text = self.turns[min(k, len(self.turns) - 1)]
+        for stop in sampling_params.get("stop", ()):
+            if stop in text:
+                text = text[:text.index(stop) + len(stop)]
+        ids = self.tokenizer.encode(text, add_special_tokens=False)[:sampling_params["max_tokens"]]
+        logprobs = [-0.25 - 0.001 * i for i in range(len(ids))] if sampling_params.get("logprobs") else None
+        self.calls.append({"request_id": request_id, "prompt_ids": list(prompt_ids), "images": list(image_data or []),
+                           "sampling_params": dict(sampling_params), "token_ids": ids, "log_probs": logprobs})
+        await asyncio.sleep(0)
+        return TokenOutput(token_ids=ids, log_probs=logprobs, stop_reason="completed")
+
+
+class Scripts:
+    """The ``scripted`` fixture: ``scripted([turn, ...])`` makes a :class:`ScriptedServer`; ``code`` and
+    ``answer`` write turns the way a PyVision model does."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, turns: list[str]) -> ScriptedServer:
+        return ScriptedServer(self.tokenizer, turns)
+
+    @staticmethod
+    def code(code: str) -> str:
+        """A code turn, ending where generation stops (at ``</code>``)."""
+        return f"Let me compute this with code.\n<code>\n```python\n{code.strip()}\n```\n</code>"
+
+    @staticmethod
+    def answer(answer: str) -> str:
+        """An answer turn, ending with the end-of-turn token as a model's does."""
+        return f"<answer>\\boxed{{{answer}}}</answer><|im_end|>"
+
+
+@pytest.fixture(scope="session")
+def scripted(tokenizer: Any) -> Scripts:
+    return Scripts(tokenizer)
+
+
+class TinyModelServer:
+    """Samples from the tiny Qwen2.5-VL with transformers, given the ids and images the loop sends.
+
+    The prompt ids already hold one expanded placeholder run per image, so the model's forward checks
+    the loop's image/token lockstep for real (it raises when features and placeholders differ).
+    """
+
+    def __init__(self, model: Any, processor: Any, *, seed: int = 0) -> None:
+        self.model, self.processor, self.seed = model, processor, seed
+        self.calls: list[dict[str, Any]] = []
+
+    async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any],
+                       image_data: list[Any] | None = None, video_data: list[Any] | None = None,
+                       **kwargs: Any) -> TokenOutput:
+        ids, logprobs = await asyncio.to_thread(self._sample, prompt_ids, sampling_params, image_data)
+        self.calls.append({"request_id": request_id, "prompt_ids": list(prompt_ids), "images": list(image_data or []),
+                           "token_ids": ids})
+        return TokenOutput(token_ids=ids, log_probs=logprobs, stop_reason="completed")
+
+    def _sample(self, prompt_ids: list[int], params: dict[str, Any], images: list[Any] | None
+                ) -> tuple[list[int], list[float] | None]:
+        inputs: dict[str, Any] = {"input_ids": torch.tensor([prompt_ids]),
+                                  "attention_mask": torch.ones(1, len(prompt_ids), dtype=torch.long)}
+        if images:
+            pixels = self.processor.image_processor(images=images, return_tensors="pt")
+            inputs |= {"pixel_values": pixels["pixel_values"], "image_grid_thw": pixels["image_grid_thw"]}
+        temperature = float(params.get("temperature", 1.0))
+        torch.manual_seed(self.seed + len(self.calls))
+        with torch.no_grad():
+            out = self.model.generate(
+                **inputs, max_new_tokens=int(params["max_tokens"]), do_sample=temperature > 0,
+                temperature=temperature or None, top_k=None, top_p=None, stop_strings=list(params.get("stop", ())),
+                tokenizer=self.processor.tokenizer, output_scores=True, return_dict_in_generate=True)
+        ids = out.sequences[0, len(prompt_ids):].tolist()
+        if not params.get("logprobs"):
+            return ids, None
+        scores = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+        return ids, scores[0, :len(ids)].tolist()
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_vl_model: Any, processor: Any) -> Callable[..., TinyModelServer]:
+    """``tiny_server(seed=...)`` makes a :class:`TinyModelServer` over the session's tiny model."""
+    return lambda seed=0: TinyModelServer(tiny_vl_model, processor, seed=seed)
