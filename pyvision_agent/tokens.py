@@ -93,7 +93,7 @@ class ChatTokens:
     def from_pretrained(cls, path: str | Path, *, keep_image_inputs: bool = False,
                         trust_remote_code: bool = False) -> ChatTokens:
         """Load from a model directory or hub id: the full processor, or else tokenizer + image processor."""
-        from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer
+        from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
         path = str(path)
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -110,7 +110,7 @@ class ChatTokens:
             path, trust_remote_code=trust_remote_code)
         image_processor = None
         if processor is None and image_token_id is not None:
-            image_processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+            image_processor = _load_image_processor(path, trust_remote_code)
         image_token = None
         if image_token_id is not None:
             image_token = getattr(processor, "image_token", None) or tokenizer.convert_ids_to_tokens(image_token_id)
@@ -202,7 +202,7 @@ class ChatTokens:
         if self.image_token_id is None:
             raise ValueError("a text-only model takes no images")
         if hasattr(self.image_processor, "get_number_of_image_patches") and self.merge_size:
-            return [self.image_processor.get_number_of_image_patches(int(i.shape[0]), int(i.shape[1]))
+            return [self.image_processor.get_number_of_image_patches(int(i.shape[0]), int(i.shape[1]), {})
                     // self.merge_size**2 for i in images]
         return [self._encode(self.image_token, [image])[0].count(self.image_token_id) for image in images]
 
@@ -277,3 +277,19 @@ def _config_image_token_id(config: Any) -> int | None:
         if isinstance(value, int):
             return value
     return None
+
+
+def _load_image_processor(path: str, trust_remote_code: bool) -> Any:
+    """The model's image processor. Some transformers 5 releases refuse ``AutoImageProcessor`` without
+    torchvision while the class itself falls back to its PIL backend: then load the class by name."""
+    import transformers
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except ImportError:
+        config, _ = transformers.ImageProcessingMixin.get_image_processor_dict(path)
+        cls = getattr(transformers, str(config.get("image_processor_type")), None)
+        if cls is None:
+            raise
+        return cls.from_pretrained(path)

@@ -8,6 +8,7 @@ and one forward pass over the record (what a trainer does) giving back the sampl
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import re
 from pathlib import Path
@@ -62,7 +63,7 @@ def forward_logprobs(policy: TransformersPolicy, episode: Episode) -> list[float
     record, chat = episode.tokens, policy.chat
     ids = torch.tensor([chat.context_ids(record)])
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), **chat.image_inputs(episode)}
-    if policy._takes_mm_types:
+    if "mm_token_type_ids" in inspect.signature(policy.model.forward).parameters:  # M-RoPE in transformers 5
         inputs["mm_token_type_ids"] = (ids == chat.image_token_id).int()
     with torch.no_grad():
         logits = policy.model(**inputs).logits[0].float()
@@ -126,7 +127,7 @@ def test_junk_turns_play_whole_episodes_with_exact_token_bookkeeping(policy, env
         recomputed = forward_logprobs(policy, episode)
         assert len(recomputed) == len(record.response_ids)
         for i in model:
-            assert recomputed[i] == pytest.approx(record.response_logprobs[i], abs=1e-3)
+            assert recomputed[i] == pytest.approx(record.response_logprobs[i], abs=1e-4)
 
 
 def test_the_fallback_path_is_taken_without_torchvision(policy):
