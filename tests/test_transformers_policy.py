@@ -30,9 +30,47 @@ def tiny_vl(tmp_path_factory) -> Path:
     return tiny_qwen25_vl(tmp_path_factory.mktemp("tiny_qwen25_vl"))
 
 
+def tiny_llava(path: Path, *, seed: int = 0) -> Path:
+    """A tiny random LLaVA (CLIP vision tower, Qwen2 text model) whose full processor loads without
+    torchvision here: the other path of ChatTokens, where the processor expands the images itself."""
+    import torch
+    from tiny_models import CHAT_TEMPLATE, _tokenizer
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        Qwen2Config,
+    )
+
+    tokenizer = _tokenizer(600)
+    pad, eos, image = (tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>", PAD))
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=2, image_size=56, patch_size=14),
+        text_config=Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
+                                eos_token_id=eos, pad_token_id=pad),
+        image_token_id=image, vision_feature_select_strategy="default", vision_feature_layer=-1)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = eos, pad
+    model.save_pretrained(path)
+    images = CLIPImageProcessor(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})
+    LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default",
+                   num_additional_image_tokens=1, image_token=PAD, chat_template=CHAT_TEMPLATE).save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def policy(tiny_vl) -> TransformersPolicy:
     return TransformersPolicy(tiny_vl, max_new_tokens=16, temperature=1.0, seed=0)
+
+
+@pytest.fixture(scope="session")
+def llava_policy(tmp_path_factory) -> TransformersPolicy:
+    return TransformersPolicy(tiny_llava(tmp_path_factory.mktemp("tiny_llava")), max_new_tokens=16, seed=0)
 
 
 async def play(policy: TransformersPolicy, env_id: str, seed: int) -> tuple[Episode, dict]:
@@ -96,8 +134,11 @@ def template_segments(policy: TransformersPolicy, episode: Episode) -> list[str]
     return policy.chat.tokenizer.apply_chat_template(messages, tokenize=False).split("@@TURN@@")
 
 
+@pytest.mark.parametrize("model", ["policy", "llava_policy"])
 @pytest.mark.parametrize("env_id", ["PyVisionImage-v0", "PyVisionVideo-v0"])
-def test_junk_turns_play_whole_episodes_with_exact_token_bookkeeping(policy, env_id):
+def test_junk_turns_play_whole_episodes_with_exact_token_bookkeeping(request, model, env_id):
+    policy = request.getfixturevalue(model)
+
     async def both():  # two episodes at once through one model: generation is serialised by the lock
         return await asyncio.gather(play(policy, env_id, 0), play(policy, env_id, 1))
 
@@ -141,6 +182,19 @@ def test_the_fallback_path_is_taken_without_torchvision(policy):
     assert policy.chat.source == "tokenizer+image_processor" and policy.chat.processor is None
     assert type(policy.model).__name__ == "Qwen2_5_VLForConditionalGeneration"
     assert policy.describe()["tokens"] == "tokenizer+image_processor"
+
+
+def test_a_full_processor_that_loads_expands_the_images_itself(llava_policy):
+    chat = llava_policy.chat
+    assert chat.source == "processor" and chat.processor_error is None
+    assert type(llava_policy.model).__name__ == "LlavaForConditionalGeneration"
+    env = gym.make("PyVisionImage-v0")
+    obs, info = env.reset(seed=0)
+    env.close()
+    episode = Episode.from_reset("PyVisionImage-v0", obs, info)
+    record = chat.start(episode)
+    # 56x56 crops in 14-pixel patches: 4x4 image tokens per image, counted by the processor itself
+    assert record.prompt_ids.count(chat.image_token_id) == chat.image_token_counts(episode.images)[0] == 16
 
 
 def test_a_seed_makes_a_run_reproducible(tiny_vl):

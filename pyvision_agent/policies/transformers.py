@@ -87,10 +87,10 @@ class TransformersPolicy(Policy):
                              "or tokenizer; a turn could only end at max_new_tokens")
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self._end_ids)
         # The checkpoint's sampling defaults (Qwen2.5-VL ships top_k=1 and repetition_penalty=1.05) would
-        # silently reshape the distribution; sampling is exactly temperature + top_p (top_k=0: transformers
-        # otherwise adds top_k=50), so the recorded log-probs are those of the stated settings.
-        self.model.generation_config = transformers.GenerationConfig(
-            eos_token_id=sorted(self._end_ids), pad_token_id=self._pad_id, top_k=0)
+        # silently reshape the distribution: sampling is exactly temperature + top_p, so that the recorded
+        # log-probs are those of the stated settings.
+        self.model.generation_config = transformers.GenerationConfig(eos_token_id=sorted(self._end_ids),
+                                                                     pad_token_id=self._pad_id)
         # A sampled image placeholder would break the image bookkeeping (and the model's next forward).
         self._suppress = [self.chat.image_token_id] if self.chat.image_token_id is not None else []
         self._takes_mm_types = "mm_token_type_ids" in inspect.signature(self.model.forward).parameters
@@ -109,7 +109,8 @@ class TransformersPolicy(Policy):
         if self._takes_mm_types and self.chat.image_token_id is not None:
             # Marks the image tokens (1) so M-RoPE models give them 2-D positions (transformers >= 5).
             inputs["mm_token_type_ids"] = (context == self.chat.image_token_id).int()
-        sampling = ({"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
+        # top_k=0: transformers otherwise adds its global default top_k=50
+        sampling = ({"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
                     if self.temperature > 0 else {"do_sample": False})
         with self._lock, torch.inference_mode():
             if self.seed is not None:
