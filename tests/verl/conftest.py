@@ -69,11 +69,12 @@ def tokenizer(tiny_vl_path: Path) -> Any:
 
 @pytest.fixture(scope="session")
 def processor(tiny_vl_path: Path, tokenizer: Any) -> ImageOnlyQwen2_5_VLProcessor:
-    """The processor as verl's ``hf_processor`` prepares it: with the model's ``get_rope_index`` bound."""
+    """The processor as verl's ``hf_processor`` prepares it: with the model's M-RoPE methods bound."""
     proc = ImageOnlyQwen2_5_VLProcessor(Qwen2VLImageProcessor.from_pretrained(tiny_vl_path), tokenizer,
                                         chat_template=tokenizer.chat_template)
     proc.config = Qwen2_5_VLForConditionalGeneration.config_class.from_pretrained(tiny_vl_path)
     proc.get_rope_index = types.MethodType(Qwen2_5_VLModel.get_rope_index, proc)
+    proc.get_vision_position_ids = types.MethodType(Qwen2_5_VLModel.get_vision_position_ids, proc)
     return proc
 
 
@@ -147,13 +148,14 @@ def make_row(tmp_path: Path) -> Callable[..., dict[str, Any]]:
 
 
 class ScriptedServer:
-    """Plays given turns, tokenised with the model's tokenizer, through verl's ``generate`` signature.
+    """Plays given turns through verl's ``generate`` signature and records every call, so tests can
+    check what the loop sent turn by turn.
 
-    It honours ``max_tokens`` and ``stop`` like a real server (tokens up to and including the stop
-    string) and records every call so tests can check what the loop sent turn by turn.
+    A turn is text (tokenised with the model's tokenizer, cut after the first stop string as a server
+    does), raw token ids, or an exception to raise. ``max_tokens`` is honoured.
     """
 
-    def __init__(self, tokenizer: Any, turns: list[str]) -> None:
+    def __init__(self, tokenizer: Any, turns: list[str | list[int] | BaseException]) -> None:
         self.tokenizer, self.turns = tokenizer, turns
         self.calls: list[dict[str, Any]] = []
         self._turn_of: dict[str, int] = defaultdict(int)
@@ -163,11 +165,15 @@ class ScriptedServer:
                        **kwargs: Any) -> TokenOutput:
         k = self._turn_of[request_id]
         self._turn_of[request_id] += 1
-        text = self.turns[min(k, len(self.turns) - 1)]
-        for stop in sampling_params.get("stop", ()):
-            if stop in text:
-                text = text[:text.index(stop) + len(stop)]
-        ids = self.tokenizer.encode(text, add_special_tokens=False)[:sampling_params["max_tokens"]]
+        turn = self.turns[min(k, len(self.turns) - 1)]
+        if isinstance(turn, BaseException):
+            raise turn
+        if isinstance(turn, str):
+            for stop in sampling_params.get("stop", ()):
+                if stop in turn:
+                    turn = turn[:turn.index(stop) + len(stop)]
+            turn = self.tokenizer.encode(turn, add_special_tokens=False)
+        ids = list(turn)[:sampling_params["max_tokens"]]
         logprobs = [-0.25 - 0.001 * i for i in range(len(ids))] if sampling_params.get("logprobs") else None
         self.calls.append({"request_id": request_id, "prompt_ids": list(prompt_ids), "images": list(image_data or []),
                            "sampling_params": dict(sampling_params), "token_ids": ids, "log_probs": logprobs})
@@ -182,7 +188,7 @@ class Scripts:
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
 
-    def __call__(self, turns: list[str]) -> ScriptedServer:
+    def __call__(self, turns: list[str | list[int] | BaseException]) -> ScriptedServer:
         return ScriptedServer(self.tokenizer, turns)
 
     @staticmethod
@@ -217,7 +223,7 @@ class TinyModelServer:
                        **kwargs: Any) -> TokenOutput:
         ids, logprobs = await asyncio.to_thread(self._sample, prompt_ids, sampling_params, image_data)
         self.calls.append({"request_id": request_id, "prompt_ids": list(prompt_ids), "images": list(image_data or []),
-                           "token_ids": ids})
+                           "sampling_params": dict(sampling_params), "token_ids": ids, "log_probs": logprobs})
         return TokenOutput(token_ids=ids, log_probs=logprobs, stop_reason="completed")
 
     def _sample(self, prompt_ids: list[int], params: dict[str, Any], images: list[Any] | None
