@@ -19,6 +19,7 @@ processors on a CPU-only torch, which need torchvision) the image processor's gr
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,7 @@ class ChatTokens:
         """Why the full processor did not load (set by :meth:`from_pretrained`), else None."""
         self.close_ids = self._close_ids()
         """The template's tokens after an assistant turn's content (Qwen: ``<|im_end|>``, ``\\n``)."""
+        self._count_for_size = functools.lru_cache(maxsize=4096)(self._count_by_processing)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, keep_image_inputs: bool = False,
@@ -204,7 +206,13 @@ class ChatTokens:
         if hasattr(self.image_processor, "get_number_of_image_patches") and self.merge_size:
             return [self.image_processor.get_number_of_image_patches(int(i.shape[0]), int(i.shape[1]), {})
                     // self.merge_size**2 for i in images]
-        return [self._encode(self.image_token, [image])[0].count(self.image_token_id) for image in images]
+        return [self._count_for_size(int(i.shape[0]), int(i.shape[1])) for i in images]
+
+    def _count_by_processing(self, height: int, width: int) -> int:
+        """Placeholder tokens of one image of this size, as the processor expands them (the counts of the
+        processors we know depend on the size alone, so a blank image stands for any)."""
+        blank = np.zeros((height, width, 3), np.uint8)
+        return self._encode(self.image_token, [blank])[0].count(self.image_token_id)
 
     def image_inputs(self, episode: Episode) -> dict[str, Any]:
         """The processed images of the whole episode (``pixel_values``, ``image_grid_thw``...), in order,
@@ -254,10 +262,10 @@ class ChatTokens:
             out = self.processor(text=[text], images=pictures, add_special_tokens=False, return_tensors="pt")
             return out["input_ids"][0].tolist(), {k: v for k, v in out.items() if k not in _TEXT_KEYS}
         inputs = dict(self.image_processor(images=pictures, return_tensors="pt"))
-        counts = (inputs["image_grid_thw"].prod(-1) // self.merge_size**2).tolist()
+        counts = iter((inputs["image_grid_thw"].prod(-1) // self.merge_size**2).tolist())
         ids: list[int] = []
         for token in self.tokenizer.encode(text, add_special_tokens=False):
-            ids.extend([token] * counts.pop(0) if token == self.image_token_id else [token])
+            ids.extend([token] * next(counts) if token == self.image_token_id else [token])
         return ids, inputs
 
     def _keeps(self, inputs: dict[str, Any]) -> bool:

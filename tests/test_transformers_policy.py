@@ -205,6 +205,18 @@ def test_a_seed_makes_a_run_reproducible(tiny_vl):
     assert asyncio.run(first_turn(7)) == asyncio.run(first_turn(7)) != asyncio.run(first_turn(8))
 
 
+def test_generation_stops_at_a_stop_string(tiny_vl):
+    policy = TransformersPolicy(tiny_vl, max_new_tokens=32, seed=0, stop=("e",))  # 'e' is in many junk tokens
+    episode, _ = asyncio.run(play(policy, "PyVisionVideo-v0", 0))
+    decode = policy.chat.tokenizer.decode
+    for turn in episode.turns:
+        if turn.token_ids[-1] in policy._end_ids or turn.finish_reason == "length":
+            continue
+        assert turn.finish_reason == "stop" and "e" in turn.text  # stopped at the first 'e', kept in the turn
+        assert "e" not in decode(turn.token_ids[:-1], skip_special_tokens=True)
+    assert any(t.finish_reason == "stop" and "e" in t.text for t in episode.turns)
+
+
 def test_a_text_only_model_loads_as_a_causal_lm(tmp_path):
     policy = TransformersPolicy(tiny_qwen2_text(tmp_path / "text"), max_new_tokens=8, temperature=0)
     assert policy.chat.source == "tokenizer" and type(policy.model).__name__ == "Qwen2ForCausalLM"
@@ -215,6 +227,9 @@ def test_a_text_only_model_loads_as_a_causal_lm(tmp_path):
     env.close()
     with pytest.raises(TokenMismatchError, match="text-only model cannot take 1 image"):
         policy.act(Episode.from_reset("PyVisionImage-v0", obs, info))
+    policy.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        policy.act(episode)
 
 
 def test_bad_model_paths_and_settings_fail_clearly(tmp_path):

@@ -33,8 +33,8 @@ class TransformersPolicy(Policy):
         max_new_tokens: Token budget of one turn.
         temperature: Sampling temperature; 0 decodes greedily.
         top_p: Nucleus sampling threshold in (0, 1].
-        seed: Seeds the sampler before each generation (``seed + n``, n counting this policy's calls), so a
-            sequential run is reproducible.
+        seed: Seeds torch's global RNG before each generation (``seed + n``, n counting this policy's
+            calls), so a sequential run is reproducible.
         stop: Strings that end a turn besides the end-of-turn token (kept in the turn), by default the
             PyVision dialect's ``</code>``.
         trust_remote_code: Passed to ``from_pretrained``.
@@ -62,15 +62,15 @@ class TransformersPolicy(Policy):
         from ..tokens import ChatTokens
 
         self.model_name = str(model)
-        _check_path(self.model_name)
+        source = _local_or_hub(self.model_name)
         try:
-            self.chat = ChatTokens.from_pretrained(self.model_name, keep_image_inputs=True,
-                                                   trust_remote_code=trust_remote_code)
-            self.model = _load_model(transformers, self.model_name, dtype, trust_remote_code)
+            self.chat = ChatTokens.from_pretrained(source, keep_image_inputs=True, trust_remote_code=trust_remote_code)
+            self.model = _load_model(transformers, source, dtype, trust_remote_code)
         except (OSError, ValueError) as exc:
             raise ValueError(f"cannot load the model {self.model_name!r}: {exc}\nGive a local model directory "
                              "(config.json, weights, tokenizer) or a Hugging Face hub id") from exc
         self.model.to(device).eval()
+        self.dtype = str(self.model.dtype)
         self._torch = torch
         self.device = device
         self.max_new_tokens = max_new_tokens
@@ -80,8 +80,8 @@ class TransformersPolicy(Policy):
         self.stop = tuple(stop)
         tokenizer = self.chat.tokenizer
         eos = self.model.generation_config.eos_token_id
-        self._end_ids = {*(eos if isinstance(eos, list) else [eos] if eos is not None else []),
-                         *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])}
+        self._end_ids = {i for i in [*(eos if isinstance(eos, list) else [eos]), tokenizer.eos_token_id]
+                         if i is not None}
         if not self._end_ids:
             raise ValueError(f"{self.model_name!r} declares no end-of-turn (eos) token in its generation config "
                              "or tokenizer; a turn could only end at max_new_tokens")
@@ -99,6 +99,12 @@ class TransformersPolicy(Policy):
 
     def act(self, episode: Episode) -> Turn:
         """Generate the next turn of ``episode``; ``episode.tokens`` then holds it (and everything before)."""
+        if self.model is None:
+            raise RuntimeError("this TransformersPolicy was closed; make a new one")
+        with self._lock:  # one generation at a time; the tokenizer is not shared across threads either
+            return self._act(episode)
+
+    def _act(self, episode: Episode) -> Turn:
         torch = self._torch
         record = self.chat.update(episode)
         context = torch.tensor([self.chat.context_ids(record)], device=self.device)
@@ -112,7 +118,7 @@ class TransformersPolicy(Policy):
         # top_k=0: transformers otherwise adds its global default top_k=50
         sampling = ({"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
                     if self.temperature > 0 else {"do_sample": False})
-        with self._lock, torch.inference_mode():
+        with torch.inference_mode():
             if self.seed is not None:
                 torch.manual_seed(self.seed + self._calls)
             self._calls += 1
@@ -121,7 +127,8 @@ class TransformersPolicy(Policy):
                                       suppress_tokens=self._suppress or None, output_scores=True,
                                       return_dict_in_generate=True)
         ids = out.sequences[0, context.shape[1]:].tolist()
-        # log-softmax of the scores the sampler drew from (after temperature and top-p): the sampling log-prob
+        # log-softmax of the scores the sampler drew from (after temperature, top-p and the suppressed
+        # image token): the sampling log-prob
         logprobs = [float(torch.log_softmax(score[0].float(), dim=-1)[token]) for score, token in zip(out.scores, ids)]
         text = self.chat.tokenizer.decode(ids, skip_special_tokens=True)
         stopped = ids[-1] in self._end_ids or any(s in text for s in self.stop)
@@ -131,7 +138,7 @@ class TransformersPolicy(Policy):
         return turn
 
     def describe(self) -> dict[str, Any]:
-        return {"policy": self.name, "model": self.model_name, "device": self.device, "dtype": str(self.model.dtype),
+        return {"policy": self.name, "model": self.model_name, "device": self.device, "dtype": self.dtype,
                 "max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
                 "seed": self.seed, "stop": list(self.stop), "tokens": self.chat.source}
 
@@ -139,12 +146,16 @@ class TransformersPolicy(Policy):
         self.model = None
 
 
-def _check_path(model: str) -> None:
-    """A path that is meant to be local and does not exist fails here, not after a hub lookup."""
-    looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1  # hub ids are 'org/name'
-    if looks_local and not Path(model).expanduser().is_dir():
+def _local_or_hub(model: str) -> str:
+    """``model`` as ``from_pretrained`` takes it. A path meant to be local that does not exist fails here,
+    not after a hub lookup."""
+    if not (model.startswith((".", "/", "~")) or model.count("/") > 1):  # hub ids are 'org/name'
+        return model
+    path = Path(model).expanduser()
+    if not path.is_dir():
         raise ValueError(f"no model directory at {model!r}; give a directory with config.json, weights and "
                          "tokenizer, or a Hugging Face hub id such as 'Qwen/Qwen2.5-VL-7B-Instruct'")
+    return str(path)
 
 
 def _load_model(transformers: Any, model: str, dtype: Any, trust_remote_code: bool) -> Any:
