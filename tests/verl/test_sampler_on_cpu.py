@@ -64,9 +64,10 @@ def traj(reward: float, n_tool_calls: int = 1, *, broken: bool = False, end: str
 class ScriptedRollouts:
     """The agent-loop workers' side of TransferQueue, with scripted outcomes (see the module docstring)."""
 
-    def __init__(self, groups: list[list[dict]], *, delay_s: float = 0.0) -> None:
+    def __init__(self, groups: list[list[dict]], *, delay_s: float = 0.0, partition: str = "train") -> None:
         self.script = deque(groups)
         self.delay_s = delay_s
+        self.partition = partition
         self.requests: list[int] = []
         self.uids: list[str] = []
         self.threads: list[threading.Thread] = []
@@ -77,11 +78,11 @@ class ScriptedRollouts:
         for _ in range(num_prompts):
             uid = f"p{len(self.uids):03d}"
             self.uids.append(uid)
-            tq.kv_put(key=uid, partition_id="train", tag={"is_prompt": True, "status": "pending",
-                                                          "global_steps": global_steps})
+            tq.kv_put(key=uid, partition_id=self.partition, tag={"is_prompt": True, "status": "pending",
+                                                                 "global_steps": global_steps})
             group = self.script.popleft()
             if self.delay_s:
-                tq.kv_put(key=uid, partition_id="train", tag={"status": "running"})
+                tq.kv_put(key=uid, partition_id=self.partition, tag={"status": "running"})
                 thread = threading.Thread(target=self._finish, args=(uid, group, global_steps, self.delay_s))
                 thread.start()
                 self.threads.append(thread)
@@ -89,8 +90,7 @@ class ScriptedRollouts:
                 self._finish(uid, group, global_steps)
         return num_prompts
 
-    @staticmethod
-    def _finish(uid: str, group: list[dict], global_steps: int, delay_s: float = 0.0) -> None:
+    def _finish(self, uid: str, group: list[dict], global_steps: int, delay_s: float = 0.0) -> None:
         time.sleep(delay_s)
         keys, fields = [], []
         failed = any(t is None for t in group)  # None: that session raised
@@ -107,9 +107,9 @@ class ScriptedRollouts:
             keys.append(f"{uid}_{session}_0")
             fields.append(field)
         if keys:
-            tq.kv_batch_put(keys=keys, partition_id="train", fields=list_of_dict_to_tensordict(fields),
+            tq.kv_batch_put(keys=keys, partition_id=self.partition, fields=list_of_dict_to_tensordict(fields),
                             tags=[{"status": "success", "global_steps": global_steps}] * len(keys))
-        tq.kv_put(key=uid, partition_id="train", tag={"status": "failure" if failed else "finished"})
+        tq.kv_put(key=uid, partition_id=self.partition, tag={"status": "failure" if failed else "finished"})
 
 
 def make_sampler(rollouts: ScriptedRollouts, **kwargs) -> PyVisionGroupSampler:
@@ -208,6 +208,17 @@ def test_waits_for_groups_still_running_on_cpu(train):
     # the two widest groups came from the oversampled prompts, which finished last
     assert batch_uids(batch) == ["p002", "p003"]
     assert metrics[P + "groups/total"] == 4
+
+
+def test_validation_batches_are_sampled_as_verl_does_without_filtering_on_cpu(train):
+    flat = [traj(1.0), traj(1.0)]
+    rollouts = ScriptedRollouts([flat, [traj(0, broken=True), traj(1)]], partition="val")
+    sampler = make_sampler(rollouts)
+    rollouts.submit(2)
+    batch, metrics = sampler.sample(global_steps=1, partition_id="val", batch_size=2)
+    assert rollouts.requests == [2]  # no oversampling
+    assert batch_uids(batch) == ["p000", "p001"]  # nothing filtered: validation scores every task
+    assert not any(key.startswith(P) for key in metrics)
 
 
 def test_the_trainer_builds_it_from_the_config_on_cpu(train):
