@@ -20,6 +20,7 @@ processors on a CPU-only torch, which need torchvision) the image processor's gr
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -116,8 +117,9 @@ class ChatTokens:
         image_token = None
         if image_token_id is not None:
             image_token = getattr(processor, "image_token", None) or tokenizer.convert_ids_to_tokens(image_token_id)
+        template = None if getattr(processor or tokenizer, "chat_template", None) else _template_file(path)
         chat = cls(tokenizer, image_processor, processor=processor, image_token=image_token,
-                   keep_image_inputs=keep_image_inputs)
+                   chat_template=template, keep_image_inputs=keep_image_inputs)
         chat.processor_error = error
         return chat
 
@@ -301,3 +303,16 @@ def _load_image_processor(path: str, trust_remote_code: bool) -> Any:
         if cls is None:
             raise
         return cls.from_pretrained(path)
+
+
+def _template_file(path: str) -> str | None:
+    """The chat template a repository keeps for its processor only (``chat_template.jinja`` or ``.json``),
+    which the tokenizer does not load: without the full processor it is still the model's template."""
+    from transformers.utils import cached_file
+
+    for name in ("chat_template.jinja", "chat_template.json"):
+        found = cached_file(path, name, _raise_exceptions_for_missing_entries=False)
+        if found is not None:
+            text = Path(found).read_text(encoding="utf-8")
+            return json.loads(text)["chat_template"] if name.endswith(".json") else text
+    return None

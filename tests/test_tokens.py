@@ -8,12 +8,13 @@ pads match what the image processor makes of the images.
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
-from tiny_models import tiny_qwen2_text, tiny_qwen25_vl
+from tiny_models import CHAT_TEMPLATE, tiny_qwen2_text, tiny_qwen25_vl
 
 import pyvision_env  # noqa: F401  (registers the envs)
 from pyvision_agent.episode import Episode, Observation, TokenRecord, Turn, build_messages
@@ -68,6 +69,15 @@ def test_without_torchvision_the_image_processor_path_is_taken(chat, tiny_vl):
     assert chat.source == "tokenizer+image_processor"
     assert chat.processor is None and "torchvision" in chat.processor_error.lower()
     assert chat.image_token == PAD and chat.merge_size == 2
+
+
+def test_a_template_kept_only_for_the_processor_is_found(tiny_vl, tmp_path):
+    """Some repositories keep the chat template only in chat_template.json (the processor's file)."""
+    for f in tiny_vl.iterdir():
+        if f.name != "chat_template.jinja":
+            shutil.copy(f, tmp_path / f.name)
+    tokens = ChatTokens.from_pretrained(tmp_path)
+    assert not tokens.tokenizer.chat_template and tokens.chat_template == CHAT_TEMPLATE
 
 
 def test_prompt_is_the_templated_prompt_with_each_image_expanded(chat):
