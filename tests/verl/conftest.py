@@ -31,7 +31,7 @@ from tiny_models import tiny_qwen25_vl
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, Qwen2VLImageProcessor
 from transformers.models.qwen2_5_vl import Qwen2_5_VLModel
 from transformers.processing_utils import ProcessorMixin
-from verl.experimental.agent_loop.agent_loop import DictConfigWrap, ToolListWrap
+from verl.experimental.agent_loop.agent_loop import AgentLoopWorker, DictConfigWrap, ToolListWrap
 from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.workers.rollout.replica import TokenOutput
 
@@ -118,6 +118,22 @@ def make_loop(compose_config: Callable[..., DictConfig], tokenizer: Any, process
             data_config=DictConfigWrap(trainer_config.data), tools=ToolListWrap([]))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def postprocess(tokenizer: Any, processor: Any) -> Callable[..., Any]:
+    """verl's own per-trajectory postprocessing (padding, multi-modal inputs, M-RoPE positions and, given
+    reward-worker handles, the streaming reward) on an ``AgentLoopWorker`` that holds only what that
+    method reads: ``postprocess(output, row, config, reward_handles=None)``."""
+
+    def run(output: Any, row: dict[str, Any], config: DictConfig, reward_handles: list[Any] | None = None) -> Any:
+        worker = AgentLoopWorker.__new__(AgentLoopWorker)  # its __init__ starts Ray-side machinery
+        worker.rollout_config = config.actor_rollout_ref.rollout
+        worker.tokenizer, worker.processor, worker.mm_processor_kwargs = tokenizer, processor, {}
+        worker.reward_loop_worker_handles, worker.distillation_enabled = reward_handles, False
+        return asyncio.run(worker._agent_loop_postprocess(output, False, **row))
+
+    return run
 
 
 @pytest.fixture()

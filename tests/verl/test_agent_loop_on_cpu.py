@@ -17,7 +17,6 @@ import pytest
 import torch
 from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
-from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
 
 import pyvision_agent.verl.agent_loop as agent_loop_module
 from pyvision_env.errors import ConfigError
@@ -139,17 +138,6 @@ def test_video_episode_adds_the_frames_the_code_shows(make_loop, make_row, scrip
         "broken_reason": None, "prediction": task.answer, "answered_without_tools": False, "visual_tokens": None}
 
 
-def postprocess(out: Any, row: dict[str, Any], config: Any, tokenizer: Any, processor: Any,
-                reward_handles: list[Any] | None = None) -> Any:
-    """verl's own per-trajectory postprocessing (padding, multi-modal inputs, M-RoPE positions, reward)
-    on an ``AgentLoopWorker`` that holds only what that method reads (its Ray-side setup is skipped)."""
-    worker = AgentLoopWorker.__new__(AgentLoopWorker)
-    worker.rollout_config = config.actor_rollout_ref.rollout
-    worker.tokenizer, worker.processor, worker.mm_processor_kwargs = tokenizer, processor, {}
-    worker.reward_loop_worker_handles, worker.distillation_enabled = reward_handles, False
-    return asyncio.run(worker._agent_loop_postprocess(out, False, **row))
-
-
 def check_training_forward(post: Any, out: Any, model: Any) -> None:
     """The padded trajectory goes through the model's forward: a placeholder/feature mismatch raises there."""
     keep = post.attention_mask[0].bool()
@@ -163,20 +151,20 @@ def check_training_forward(post: Any, out: Any, model: Any) -> None:
 
 
 def test_trajectory_passes_verl_postprocess_and_the_model_forward(make_loop, make_row, scripted, compose_config,
-                                                                  tokenizer, processor, tiny_vl_model):
+                                                                  postprocess, tiny_vl_model):
     task = suite("synthetic-image")[2]  # locate object: the code shows a crop
     row = make_row(task, IMAGE)
     server = scripted([*map(scripted.code, task.metadata["solution"]), scripted.answer(task.answer)])
     out = play(make_loop, server, row)
     assert out.extra_fields["n_images"] == 2 and out.extra_fields["prediction"] == task.answer
 
-    post = postprocess(out, row, compose_config(), tokenizer, processor)
+    post = postprocess(out, row, compose_config())
     assert post.response_mask.sum() == sum(out.response_mask)
     check_training_forward(post, out, tiny_vl_model)
 
 
 @pytest.mark.parametrize("seed", [0, 7, 10, 11])  # seeds whose junk ends in different ways
-def test_tiny_model_junk_keeps_the_bookkeeping(seed, make_loop, make_row, tiny_server, compose_config, tokenizer,
+def test_tiny_model_junk_keeps_the_bookkeeping(seed, make_loop, make_row, tiny_server, compose_config, postprocess,
                                                 processor, tiny_vl_model):
     config = compose_config("actor_rollout_ref.rollout.response_length=384")
     task = suite("synthetic-image")[seed % 3]
@@ -189,7 +177,7 @@ def test_tiny_model_junk_keeps_the_bookkeeping(seed, make_loop, make_row, tiny_s
     assert fields["end_reason"] in {"answered", "max_turns", "max_response_length", "placeholder_token_generated"}
     assert fields["broken"] == (fields["broken_reason"] is not None)
     assert 1 <= len(server.calls) <= 3 and out.num_turns == fields["num_turns"]
-    check_training_forward(postprocess(out, row, config, tokenizer, processor), out, tiny_vl_model)
+    check_training_forward(postprocess(out, row, config), out, tiny_vl_model)
 
 
 def test_image_limit_stops_before_the_frames_are_appended(make_loop, make_row, scripted, processor):
@@ -309,6 +297,28 @@ def test_code_runs_off_the_event_loop(make_loop, make_row, scripted, tmp_path):
 
     out = asyncio.run(main())
     assert "Text Result:\nflag seen\n" in server.tokenizer.decode(out.response_ids)
+
+
+def test_an_env_that_does_not_answer_in_time_drops_the_episode(make_loop, make_row, scripted):
+    """Code that ignores SIGINT keeps the env busy for its kill grace (0.2 s) past exec_timeout_s; the
+    loop's deadline (a 0.05 s margin here) fires first and the episode ends broken, without hanging."""
+    stubborn = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(10)"
+    server = scripted([scripted.code(stubborn), scripted.answer("1")])
+    out = play(make_loop, server, make_row(suite("synthetic-image")[0], IMAGE),
+               yaml={"exec_timeout_s": 1.0, "env_timeout_margin_s": 0.05})
+
+    assert len(server.calls) == 1
+    assert out.extra_fields["end_reason"] == out.extra_fields["broken_reason"] == "env_timeout"
+
+
+def test_placeholder_runs_that_differ_from_the_images_fail_loudly(make_loop, scripted, processor):
+    async def check() -> None:
+        loop = make_loop(scripted(["x"]))
+        ids = [processor.image_token_id] * 4
+        loop._check_lockstep(agent_loop_module._Trajectory(ids=ids, prompt_length=4, messages=[], images=[]))
+
+    with pytest.raises(RuntimeError, match=r"1 image placeholder run\(s\) for 0 image\(s\).*lockstep"):
+        asyncio.run(check())
 
 
 def test_the_env_is_closed_whatever_happens(make_loop, make_row, scripted, monkeypatch):
