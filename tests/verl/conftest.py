@@ -12,7 +12,6 @@ Fixtures for other verl tests are appended below the ones here.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import types
 from collections import defaultdict
@@ -21,12 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import numpy as np
 import pytest
 import torch
 import verl
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 from tiny_models import tiny_qwen25_vl
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, Qwen2VLImageProcessor
 from transformers.models.qwen2_5_vl import Qwen2_5_VLModel
@@ -35,6 +32,7 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopWorker, DictConfigW
 from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.workers.rollout.replica import TokenOutput
 
+from pyvision_agent.verl.data import task_to_row, write_parquet
 from pyvision_env.tasks import Task
 
 REPO = Path(__file__).resolve().parents[2]
@@ -137,28 +135,20 @@ def postprocess(tokenizer: Any, processor: Any) -> Callable[..., Any]:
 
 
 @pytest.fixture()
-def make_row(tmp_path: Path) -> Callable[..., dict[str, Any]]:
-    """A PyVision dataset row as the trainer hands it to an agent loop (the dataset's non-tensor fields).
+def make_row(tmp_path: Path, compose_config: Callable[..., DictConfig], tokenizer: Any, processor: Any
+             ) -> Callable[..., dict[str, Any]]:
+    """A dataset row exactly as the trainer hands it to an agent loop: written by
+    ``pyvision_agent.verl.data`` to parquet, read back by verl's ``RLHFDataset`` (its non-tensor fields;
+    the worker takes ``agent_name`` out to pick the loop)."""
+    data_config = compose_config().data
 
-    Images are written to PNG files and the scripted solution is left out of the task, as the data
-    preparation does.
-    """
-
-    def make(task: Task, env_id: str, index: int = 0) -> dict[str, Any]:
-        images = []
-        for k, image in enumerate(task.images):
-            path = tmp_path / f"{task.id}-{k}.png"
-            Image.fromarray(np.asarray(image)).save(path)
-            images.append(str(path))
-        data = task.model_dump() | {"images": images, "metadata": {
-            k: v for k, v in task.metadata.items() if k != "solution"}}
-        return {
-            "data_source": task.data_source,
-            "raw_prompt": [{"role": "user", "content": task.question}],
-            "reward_model": {"style": "rule", "ground_truth": task.answer},
-            "extra_info": {"index": index, "split": "train", "env_id": env_id, "task": json.dumps(data)},
-            "index": index, "tools_kwargs": {}, "interaction_kwargs": {},
-        }
+    def make(task: Task, index: int = 0) -> dict[str, Any]:
+        path = write_parquet([task_to_row(task, index=index, split="train", image_dir=tmp_path / "images")],
+                             tmp_path / f"{task.id}-{index}.parquet")
+        row = RLHFDataset(str(path), tokenizer, data_config, processor)[0]
+        assert row.pop("agent_name") == "pyvision_agent"
+        del row["dummy_tensor"]
+        return row
 
     return make
 

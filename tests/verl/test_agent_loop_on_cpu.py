@@ -22,7 +22,6 @@ import pyvision_agent.verl.agent_loop as agent_loop_module
 from pyvision_env.errors import ConfigError
 from pyvision_env.synthetic import suite
 
-IMAGE, VIDEO = "PyVisionImage-v0", "PyVisionVideo-v0"
 SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0, "logprobs": True}
 
 
@@ -96,7 +95,7 @@ def reset_prompts(row: dict[str, Any]) -> tuple[str, str]:
 
 def test_image_episode_turn_by_turn(make_loop, make_row, scripted, tokenizer, processor):
     task = suite("synthetic-image")[0]  # count shapes: one code turn that shows a figure, then the answer
-    row = make_row(task, IMAGE)
+    row = make_row(task)
     server = scripted([*map(scripted.code, task.metadata["solution"]), scripted.answer(task.answer)])
     out = play(make_loop, server, row)
 
@@ -125,7 +124,7 @@ def test_image_episode_turn_by_turn(make_loop, make_row, scripted, tokenizer, pr
 
 def test_video_episode_adds_the_frames_the_code_shows(make_loop, make_row, scripted, tokenizer, processor):
     task = suite("synthetic-video")[0]
-    row = make_row(task, VIDEO)
+    row = make_row(task)
     server = scripted([*map(scripted.code, task.metadata["solution"]), scripted.answer(task.answer)])
     out = play(make_loop, server, row)
 
@@ -153,7 +152,7 @@ def check_training_forward(post: Any, out: Any, model: Any) -> None:
 def test_trajectory_passes_verl_postprocess_and_the_model_forward(make_loop, make_row, scripted, compose_config,
                                                                   postprocess, tiny_vl_model):
     task = suite("synthetic-image")[2]  # locate object: the code shows a crop
-    row = make_row(task, IMAGE)
+    row = make_row(task)
     server = scripted([*map(scripted.code, task.metadata["solution"]), scripted.answer(task.answer)])
     out = play(make_loop, server, row)
     assert out.extra_fields["n_images"] == 2 and out.extra_fields["prediction"] == task.answer
@@ -168,7 +167,7 @@ def test_tiny_model_junk_keeps_the_bookkeeping(seed, make_loop, make_row, tiny_s
                                                 processor, tiny_vl_model):
     config = compose_config("actor_rollout_ref.rollout.response_length=384")
     task = suite("synthetic-image")[seed % 3]
-    row = make_row(task, IMAGE)
+    row = make_row(task)
     server = tiny_server(seed=seed)
     out = play(make_loop, server, row, yaml={"max_turns": 3}, config=config)
 
@@ -183,7 +182,7 @@ def test_tiny_model_junk_keeps_the_bookkeeping(seed, make_loop, make_row, tiny_s
 def test_image_limit_stops_before_the_frames_are_appended(make_loop, make_row, scripted, processor):
     task = suite("synthetic-image")[0]
     server = scripted([scripted.code("for _ in range(3):\n    display(image_clue_0)"), scripted.answer("1")])
-    out = play(make_loop, server, make_row(task, IMAGE), yaml={"max_images": 3})
+    out = play(make_loop, server, make_row(task), yaml={"max_images": 3})
 
     check_turns(out, server, processor, response_length=2048)
     assert len(server.calls) == 1 and out.response_mask == [1] * len(out.response_ids)
@@ -197,7 +196,7 @@ def test_response_budget_stops_before_an_observation_that_does_not_fit(make_loop
     config = compose_config("actor_rollout_ref.rollout.response_length=120")
     task = suite("synthetic-image")[0]
     server = scripted([scripted.code("display(image_clue_0)"), scripted.answer("1")])
-    out = play(make_loop, server, make_row(task, IMAGE), config=config)
+    out = play(make_loop, server, make_row(task), config=config)
 
     check_turns(out, server, processor, response_length=120)
     assert len(server.calls) == 1 and out.response_mask == [1] * len(out.response_ids)
@@ -209,7 +208,7 @@ def test_a_turn_cut_by_the_budget_is_not_executed(make_loop, make_row, scripted,
     config = compose_config("actor_rollout_ref.rollout.response_length=16")
     task = suite("synthetic-image")[0]
     server = scripted([scripted.code("print('a long line that does not fit in sixteen tokens at all')")])
-    out = play(make_loop, server, make_row(task, IMAGE), config=config)
+    out = play(make_loop, server, make_row(task), config=config)
 
     check_turns(out, server, processor, response_length=16)
     assert len(out.response_ids) == 16 and out.extra_fields["n_tool_calls"] == 0
@@ -225,7 +224,7 @@ def test_placeholder_tokens_written_by_the_model_are_cut(spelled, make_loop, mak
                                                                                        add_special_tokens=False))
     assert tokenizer.decode(pad) == "<|image_pad|>"
     server = scripted([head + pad + tokenizer.encode(" <code>print(1)</code>", add_special_tokens=False)])
-    out = play(make_loop, server, make_row(suite("synthetic-image")[0], IMAGE))
+    out = play(make_loop, server, make_row(suite("synthetic-image")[0]))
 
     assert out.response_ids == head + pad[:-1] and out.response_mask == [1] * len(out.response_ids)
     assert "<|image_pad|>" not in tokenizer.decode(out.response_ids)
@@ -240,7 +239,7 @@ def test_malformed_turns_and_crashes_mark_broken_and_the_episode_goes_on(first, 
     task = suite("synthetic-image")[0]
     turn = first if reason == "format_error" else scripted.code(first)
     server = scripted([turn, *map(scripted.code, task.metadata["solution"]), scripted.answer(task.answer)])
-    out = play(make_loop, server, make_row(task, IMAGE))
+    out = play(make_loop, server, make_row(task))
 
     check_turns(out, server, processor, response_length=2048)
     assert out.extra_fields["end_reason"] == "answered" and out.extra_fields["prediction"] == task.answer
@@ -250,7 +249,7 @@ def test_malformed_turns_and_crashes_mark_broken_and_the_episode_goes_on(first, 
 
 def test_end_on_error_from_the_yaml_ends_the_episode(make_loop, make_row, scripted, processor):
     server = scripted([scripted.code("1 / 0"), scripted.answer("1")])
-    out = play(make_loop, server, make_row(suite("synthetic-image")[0], IMAGE), yaml={"end_on_error": True})
+    out = play(make_loop, server, make_row(suite("synthetic-image")[0]), yaml={"end_on_error": True})
 
     assert len(server.calls) == 1
     assert (out.extra_fields["end_reason"], out.extra_fields["broken"], out.extra_fields["n_tool_calls"]) == (
@@ -260,7 +259,7 @@ def test_end_on_error_from_the_yaml_ends_the_episode(make_loop, make_row, script
 def test_turn_budget_follows_max_assistant_turns_unless_the_yaml_sets_max_turns(make_loop, make_row, scripted,
                                                                                 compose_config):
     config = compose_config("actor_rollout_ref.rollout.multi_turn.max_assistant_turns=2")
-    row = make_row(suite("synthetic-image")[0], IMAGE)
+    row = make_row(suite("synthetic-image")[0])
     for yaml, turns in [(None, 2), ({"max_turns": 3}, 3)]:
         server = scripted([scripted.code("print(1)")])
         out = play(make_loop, server, row, yaml=yaml, config=config)
@@ -291,7 +290,7 @@ def test_code_runs_off_the_event_loop(make_loop, make_row, scripted, tmp_path):
 
     async def main() -> Any:
         writer = asyncio.create_task(write_flag())
-        out = await make_loop(server).run(dict(SAMPLING), **make_row(suite("synthetic-image")[0], IMAGE))
+        out = await make_loop(server).run(dict(SAMPLING), **make_row(suite("synthetic-image")[0]))
         await writer
         return out
 
@@ -304,7 +303,7 @@ def test_an_env_that_does_not_answer_in_time_drops_the_episode(make_loop, make_r
     loop's deadline (a 0.05 s margin here) fires first and the episode ends broken, without hanging."""
     stubborn = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(10)"
     server = scripted([scripted.code(stubborn), scripted.answer("1")])
-    out = play(make_loop, server, make_row(suite("synthetic-image")[0], IMAGE),
+    out = play(make_loop, server, make_row(suite("synthetic-image")[0]),
                yaml={"exec_timeout_s": 1.0, "env_timeout_margin_s": 0.05})
 
     assert len(server.calls) == 1
@@ -334,12 +333,12 @@ def test_the_env_is_closed_whatever_happens(make_loop, make_row, scripted, monke
     monkeypatch.setattr(agent_loop_module.gym, "make", spying_make)
     server = scripted([scripted.code("x = 1"), RuntimeError("the server went away")])
     with pytest.raises(RuntimeError, match="the server went away"):
-        play(make_loop, server, make_row(suite("synthetic-image")[0], IMAGE))
+        play(make_loop, server, make_row(suite("synthetic-image")[0]))
     assert closed == [True]
 
 
 def test_bad_rows_and_settings_fail_clearly(make_loop, make_row, scripted):
-    row = make_row(suite("synthetic-image")[0], IMAGE)
+    row = make_row(suite("synthetic-image")[0])
     server = scripted([scripted.answer("1")])
     with pytest.raises(ValueError, match=r"extra_info with 'env_id' and 'task'.*pyvision_agent.verl.data"):
         play(make_loop, server, {**row, "extra_info": {"index": 0}})

@@ -126,7 +126,7 @@ def test_reward_through_verl_naive_manager_after_the_agent_loop(reward_worker, m
     extra_info and calls compute_score with the configured reward_kwargs (a 0.15 cap here)."""
     actor, config = reward_worker
     task = suite("synthetic-image")[1]  # read the label: two code turns
-    row = make_row(task, IMAGE)
+    row = make_row(task)
     solution = [scripted.code(code) for code in task.metadata["solution"]]
     cases = {"right": [*solution, scripted.answer(task.answer)],
              "wrong": [*solution, scripted.answer("0000")],
