@@ -38,7 +38,6 @@ from verl.utils.tokenizer import get_processor_token_id
 
 import pyvision_env  # noqa: F401  (registers the env ids)
 from pyvision_agent.episode import Episode, Turn, build_messages
-from pyvision_env.tasks import to_task
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +122,7 @@ class PyVisionAgentLoop(AgentLoopBase):
         try:
             return await self._play(env.unwrapped, env_id, task, sampling_params)
         finally:
-            env.close()
+            await asyncio.to_thread(env.close)  # ends the episode's interpreter (a few ms: not on the event loop)
 
     async def _play(self, env: Any, env_id: str, task: dict[str, Any], sampling_params: dict[str, Any]
                     ) -> AgentLoopOutput:
@@ -133,8 +132,7 @@ class PyVisionAgentLoop(AgentLoopBase):
         except asyncio.TimeoutError:
             raise TimeoutError(f"{env_id} reset of task {task.get('id')!r} passed {deadline:.0f} s; is its media "
                                "readable?") from None
-        episode = Episode.from_reset(env_id, obs, info, task=to_task(task),
-                                     image_placeholder=env.config.image_placeholder)
+        episode = Episode.from_reset(env_id, obs, info, image_placeholder=env.config.image_placeholder)
         messages = [_with_pil(m) for m in build_messages(episode, images="array")]
         images = _images_in(messages)
         if len(images) > self.max_images:
@@ -145,7 +143,8 @@ class PyVisionAgentLoop(AgentLoopBase):
         traj = _Trajectory(ids=prompt_ids, prompt_length=len(prompt_ids), messages=messages, images=images,
                            logprobs=[] if sampling_params.get("logprobs") else None)
         self._check_lockstep(traj)
-        params = {**sampling_params, "stop": sorted({*sampling_params.get("stop", ()), *env.protocol.stop_sequences})}
+        params = {**sampling_params,
+                  "stop": sorted({*(sampling_params.get("stop") or ()), *env.protocol.stop_sequences})}
         metrics: dict[str, Any] = {}
         request_id = uuid4().hex  # one per episode: the server routes every turn to the same replica
         while traj.end_reason is None:
@@ -178,10 +177,7 @@ class PyVisionAgentLoop(AgentLoopBase):
     async def _generate(self, traj: _Trajectory, request_id: str, params: dict[str, Any],
                         metrics: dict[str, Any]) -> str:
         """Sample one turn into the stream and return its text; stops the episode when it cannot go on."""
-        budget = self.response_length - len(traj.mask)
-        if budget <= 0:
-            traj.stop("max_response_length")
-            return ""
+        budget = self.response_length - len(traj.mask)  # >= 1: an observation is appended only with room left
         with simple_timer("generate_sequences", metrics):
             output = await self.server_manager.generate(
                 request_id=request_id, prompt_ids=traj.ids, sampling_params={**params, "max_tokens": budget},
