@@ -240,3 +240,22 @@ def test_view_command_writes_the_page_of_an_eval_run(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out and page.count("synthetic-video-") >= 2
     with pytest.raises(SystemExit, match="no_such_run"):
         main(["view", str(tmp_path / "no_such_run")])
+
+
+def test_eval_with_a_tiny_transformers_model_keeps_tokens_in_records(tmp_path, capsys):
+    from tiny_models import tiny_qwen25_vl
+
+    model = tiny_qwen25_vl(tmp_path / "model")
+    out = tmp_path / "run"
+    assert main(["eval", "--env", "PyVisionImage-v0", "--policy", "transformers", "--model", str(model),
+                 "--limit", "2", "--max-turns", "2", "--max-tokens", "12", "--concurrency", "2", "--out", str(out),
+                 "--quiet"]) == 0
+    records = read_records(out / TRAJECTORIES)
+    assert len(records) == 2 and all(r["error"] is None for r in records)  # junk turns, handled
+    for r in records:
+        tokens = r["tokens"]
+        assert r["policy"]["policy"] == "transformers" and len(tokens["prompt_ids"]) > 0
+        assert len(tokens["response_ids"]) == len(tokens["response_mask"]) == len(tokens["response_logprobs"])
+        model_turns = [s for s in r["steps"] if s["role"] == "model"]
+        assert 1 <= sum(tokens["response_mask"]) <= 12 * len(model_turns)
+    assert json.loads((out / "summary.json").read_text())["episodes"] == 2

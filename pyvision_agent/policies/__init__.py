@@ -37,11 +37,24 @@ def make_policy(kind: str, *, model: str | None = None, base_url: str | None = N
         return TransformersPolicy(model, **_rename(sampling, max_tokens="max_new_tokens"))
     from .vllm import VLLMPolicy
 
-    return VLLMPolicy(model, **sampling)
+    return VLLMPolicy(model, **_rename(sampling, max_tokens="max_new_tokens"))
 
 
 def _rename(options: dict[str, Any], **names: str) -> dict[str, Any]:
     return {names.get(k, k): v for k, v in options.items()}
 
 
-__all__ = ["POLICY_KINDS", "Policy", "ScriptedPolicy", "make_policy"]
+_LAZY = {"OpenAIPolicy": "openai", "TransformersPolicy": "transformers", "VLLMPolicy": "vllm"}
+
+
+def __getattr__(name: str) -> Any:
+    """``from pyvision_agent.policies import OpenAIPolicy`` imports that policy's module only when asked."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["POLICY_KINDS", "OpenAIPolicy", "Policy", "ScriptedPolicy", "TransformersPolicy", "VLLMPolicy",
+           "make_policy"]
