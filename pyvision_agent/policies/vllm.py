@@ -89,6 +89,9 @@ class VLLMPolicy(Policy):
         self.sampling_kwargs = sampling_kwargs
         self._vllm = vllm
         self._final_only = RequestOutputKind.FINAL_ONLY
+        # Log-probs of the distribution the tokens were sampled from (after temperature, top-p, logit bias), as
+        # Turn.logprobs promises and the transformers policy records; vLLM's default is the raw model's.
+        engine_kwargs.setdefault("logprobs_mode", "processed_logprobs")
         args = vllm.AsyncEngineArgs(model=self.model, **({"seed": seed} if seed is not None else {}), **engine_kwargs)
         self._requests = itertools.count()
         self._loop = BackgroundLoop("pyvision-vllm")

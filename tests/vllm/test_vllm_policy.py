@@ -31,8 +31,10 @@ CODE_REGEX = r"<code>\n```python\nprint\(len\(video_clue_0\)\)\n```\n</code>\naf
 
 @pytest.fixture(scope="module")
 def policy(tiny_text_model, cpu_engine_kwargs) -> Iterator[VLLMPolicy]:
-    """One engine for the module (it takes ~30 s to start on CPU)."""
-    policy = VLLMPolicy(tiny_text_model, max_new_tokens=24, seed=0, engine_kwargs=cpu_engine_kwargs)
+    """One engine for the module (it takes ~30 s to start on CPU); max_logprobs=-1 lets a test re-score
+    against the whole vocabulary."""
+    policy = VLLMPolicy(tiny_text_model, max_new_tokens=24, seed=0,
+                        engine_kwargs={**cpu_engine_kwargs, "max_logprobs": -1})
     yield policy
     policy.close()
 
@@ -82,18 +84,21 @@ def test_junk_episodes_run_to_the_end_with_a_consistent_token_record(policy):
             assert turn.text == tokenizer.decode(turn.token_ids, skip_special_tokens=True)
 
 
-def test_recorded_logprobs_are_the_models_logprobs_of_those_ids_in_that_context(policy):
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_recorded_logprobs_are_the_sampling_logprobs_of_those_ids_in_that_context(policy, temperature):
     """Re-score the whole record in one forward pass: a record whose ids, positions or log-probs were out of
-    step would not match (neighbouring tokens of this random model differ by ~0.1 in log-prob)."""
+    step would not match (neighbouring tokens of this random model differ by ~0.1 in log-prob). The
+    log-probs are those of the distribution sampled from: the model's, sharpened by the temperature."""
     from vllm import SamplingParams
 
-    episode, _ = asyncio.run(play(policy, "PyVisionVideo-v0", seed=1, max_turns=2))
+    with settings(policy, temperature=temperature):
+        episode, _ = asyncio.run(play(policy, "PyVisionVideo-v0", seed=1, max_turns=2))
     record = episode.tokens
     ids = policy.chat.context_ids(record)
 
-    async def rescore():
-        params = SamplingParams(max_tokens=1, prompt_logprobs=0)
-        async for out in policy.engine.generate({"prompt_token_ids": ids}, params, request_id="rescore"):
+    async def rescore():  # every token's log-prob at every position (the vocabulary is 600 tokens)
+        params = SamplingParams(max_tokens=1, prompt_logprobs=-1)
+        async for out in policy.engine.generate({"prompt_token_ids": ids}, params, request_id=f"rescore-{temperature}"):
             if out.finished:
                 return out.prompt_logprobs
 
@@ -102,7 +107,8 @@ def test_recorded_logprobs_are_the_models_logprobs_of_those_ids_in_that_context(
     model = [k for k, m in enumerate(record.response_mask) if m]
     assert len(model) == sum(len(t.token_ids) for t in episode.turns) > 0
     for k in model:
-        expected = scored[offset + k][ids[offset + k]].logprob
+        raw = {token: lp.logprob / temperature for token, lp in scored[offset + k].items()}
+        expected = raw[ids[offset + k]] - math.log(sum(math.exp(v) for v in raw.values()))
         assert record.response_logprobs[k] == pytest.approx(expected, abs=2e-3)
 
 
