@@ -63,8 +63,7 @@ class VLLMPolicy(Policy):
         sampling_kwargs = dict(sampling_kwargs or {})
         if "model" in engine_kwargs or (seed is not None and "seed" in engine_kwargs):
             raise ValueError("give model and seed as VLLMPolicy arguments, not in engine_kwargs")
-        fixed = {"max_tokens", "temperature", "top_p", "stop", "logprobs", "include_stop_str_in_output",
-                 "output_kind", "n"} & set(sampling_kwargs)
+        fixed = {"max_tokens", "temperature", "top_p", "stop", "logprobs", "output_kind", "n"} & set(sampling_kwargs)
         if fixed:
             raise ValueError(f"sampling_kwargs may not set {sorted(fixed)}: the policy sets them (use its "
                              "arguments max_new_tokens, temperature, top_p, stop)")
@@ -125,10 +124,7 @@ class VLLMPolicy(Policy):
                                      "in engine_kwargs")
         prompt: dict[str, Any] = {"prompt_token_ids": ids}
         images = episode.images
-        if images:
-            if not self.multimodal:
-                raise ValueError(f"vLLM loaded {self.model!r} as a text-only model and the episode has "
-                                 f"{len(images)} image(s); use a vision-language model")
+        if images:  # (a text-only model's ChatTokens has already refused them)
             from PIL import Image
 
             pil = episode.state.setdefault(_PIL, [])
@@ -140,8 +136,8 @@ class VLLMPolicy(Policy):
             extra["logit_bias"] = {**extra.get("logit_bias", {}), self.chat.image_token_id: -100.0}
         # Only the final output of each request: the turn is used whole, streamed deltas would be waste.
         params = self._vllm.SamplingParams(max_tokens=min(self.max_new_tokens, room), temperature=self.temperature,
-                                           top_p=self.top_p, stop=self.stop, include_stop_str_in_output=True,
-                                           logprobs=0, output_kind=self._final_only, **extra)
+                                           top_p=self.top_p, stop=self.stop, logprobs=0,
+                                           output_kind=self._final_only, **extra)
         return prompt, params
 
     async def _generate(self, prompt: dict[str, Any], params: Any) -> Any:
