@@ -74,6 +74,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens", type=int, metavar="N", help="tokens per model turn (policy default)")
     p.add_argument("--env-config", default="{}", metavar="JSON", help="more env settings as a JSON object, "
                    'e.g. \'{"exec_timeout_s": 10, "prompt_style": "pyvision_rl"}\'')
+    p.add_argument("--policy-config", default="{}", metavar="JSON", help="more policy constructor arguments as a "
+                   'JSON object, e.g. \'{"engine_kwargs": {"max_model_len": 8192}}\' for vllm or '
+                   '\'{"timeout_s": 300}\' for openai')
     p.add_argument("--no-frames", action="store_true", help="do not save frames as files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_eval)
@@ -94,12 +97,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise SystemExit(f"pyvision eval: --{name.replace('_', '-')} must be at least 1, got {value}")
-    try:
-        env_kwargs = json.loads(args.env_config)
-    except json.JSONDecodeError as exc:
-        raise SystemExit(f"pyvision eval: --env-config is not valid JSON: {exc}") from exc
-    if not isinstance(env_kwargs, dict):
-        raise SystemExit("pyvision eval: --env-config must be a JSON object")
+    env_kwargs, policy_options = _json_object(args.env_config, "--env-config"), _json_object(args.policy_config,
+                                                                                             "--policy-config")
     env_kwargs["tasks"] = args.tasks
     if args.max_turns is not None:
         env_kwargs["max_turns"] = args.max_turns
@@ -107,14 +106,14 @@ def _run_eval(args: argparse.Namespace) -> int:
                                   ("max_tokens", args.max_tokens)) if v is not None}
     try:
         policy = make_policy(args.policy, model=args.model, base_url=args.base_url, concurrency=args.concurrency,
-                             **sampling)
+                             options=policy_options, **sampling)
         try:
             records = rollout(args.env, policy, env_kwargs=env_kwargs, limit=args.limit, samples=args.samples,
                               concurrency=args.concurrency, out_dir=args.out, save_frames=not args.no_frames,
                               progress=not args.quiet)
         finally:
             policy.close()
-    except (PyVisionError, gym.error.Error, ValueError, OSError) as exc:
+    except (PyVisionError, gym.error.Error, ValueError, TypeError, OSError) as exc:
         raise SystemExit(f"pyvision eval: {exc}") from exc
     summary = summarize(records)
     out = Path(args.out)
@@ -123,6 +122,18 @@ def _run_eval(args: argparse.Namespace) -> int:
     print(f"\n{len(records)} episodes in {out}/trajectories.jsonl; summary in {out}/summary.json; "
           f"see them with: pyvision view {out}")
     return 0
+
+
+def _json_object(text: str, flag: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"pyvision eval: {flag} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise SystemExit(f"pyvision eval: {flag} must be a JSON object")
+    return value
 
 
 def _add_view(sub: argparse._SubParsersAction) -> None:

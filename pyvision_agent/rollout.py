@@ -28,7 +28,7 @@ import pyvision_env  # noqa: F401  (registers the envs)
 from pyvision_env.tasks import Task
 
 from .episode import Episode, Turn
-from .policies.base import Policy
+from .policies.base import ContextLengthError, Policy
 
 TRAJECTORIES = "trajectories.jsonl"
 
@@ -142,7 +142,7 @@ async def _play(env: gym.Env, policy: Policy, spec: EpisodeSpec, recorder: _Reco
             try:
                 turn: Turn = await policy.aact(episode)
             except Exception as exc:
-                record["end_reason"] = "policy_error"
+                record["end_reason"] = "context_length" if isinstance(exc, ContextLengthError) else "policy_error"
                 raise _Failed(exc) from exc
             finally:
                 timings["policy_s"] += time.perf_counter() - t

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Policy
+from .base import ContextLengthError, Policy, PolicyRequestError
 from .scripted import ScriptedPolicy
 
 POLICY_KINDS = ("openai", "transformers", "vllm", "scripted")
 
 
 def make_policy(kind: str, *, model: str | None = None, base_url: str | None = None, concurrency: int = 8,
-                **sampling: Any) -> Policy:
-    """The policy ``pyvision eval --policy KIND`` plays with; ``sampling`` holds temperature, top_p, max_tokens."""
+                options: dict[str, Any] | None = None, **sampling: Any) -> Policy:
+    """The policy ``pyvision eval --policy KIND`` plays with. ``sampling`` holds temperature, top_p and
+    max_tokens; ``options`` any other constructor argument of that policy (e.g. vLLM's ``engine_kwargs``)."""
+    options = options or {}
     if kind == "scripted":
-        if sampling or model:
+        if sampling or model or options:
             raise ValueError("the scripted policy plays the tasks' solutions: it takes no model or sampling settings")
         return ScriptedPolicy()
     if kind not in POLICY_KINDS:
@@ -28,16 +30,16 @@ def make_policy(kind: str, *, model: str | None = None, base_url: str | None = N
     if kind == "openai":
         from .openai import OpenAIPolicy
 
-        return OpenAIPolicy(model, base_url=base_url, max_concurrency=concurrency, **sampling)
+        return OpenAIPolicy(model, base_url=base_url, **{"max_concurrency": concurrency, **sampling, **options})
     if base_url:
         raise ValueError(f"--base-url is for the openai policy, not {kind}")
     if kind == "transformers":
         from .transformers import TransformersPolicy
 
-        return TransformersPolicy(model, **_rename(sampling, max_tokens="max_new_tokens"))
+        return TransformersPolicy(model, **_rename(sampling, max_tokens="max_new_tokens"), **options)
     from .vllm import VLLMPolicy
 
-    return VLLMPolicy(model, **_rename(sampling, max_tokens="max_new_tokens"))
+    return VLLMPolicy(model, **_rename(sampling, max_tokens="max_new_tokens"), **options)
 
 
 def _rename(options: dict[str, Any], **names: str) -> dict[str, Any]:
@@ -56,5 +58,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["POLICY_KINDS", "OpenAIPolicy", "Policy", "ScriptedPolicy", "TransformersPolicy", "VLLMPolicy",
-           "make_policy"]
+__all__ = ["POLICY_KINDS", "ContextLengthError", "OpenAIPolicy", "Policy", "PolicyRequestError", "ScriptedPolicy",
+           "TransformersPolicy", "VLLMPolicy", "make_policy"]

