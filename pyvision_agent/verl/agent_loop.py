@@ -78,6 +78,8 @@ class PyVisionAgentLoop(AgentLoopBase):
     Args (the extra keys of the agent-loop YAML entry):
         max_images: Images one trajectory may hold, input images included (PyVision-RL: 32). An
             observation that would pass it stops the episode (``image_limit``, broken).
+        max_tokens_per_turn: Tokens one model turn may take (PyVision-RL: 10,240); None: only the
+            trajectory's response budget bounds a turn.
         env_timeout_margin_s: Added to the env's ``exec_timeout_s`` for the deadline of one reset or
             step; the env kills its own runaway code first, so this only fires when the env hangs.
         **env_settings: ``gym.make`` settings of the env (``end_on_error``, ``exec_timeout_s``,
@@ -90,8 +92,8 @@ class PyVisionAgentLoop(AgentLoopBase):
     ``tools`` (verl's tool list) is accepted and unused: the env is the only tool.
     """
 
-    def __init__(self, *args: Any, tools: Any = None, max_images: int = 32, env_timeout_margin_s: float = 60.0,
-                 **kwargs: Any) -> None:
+    def __init__(self, *args: Any, tools: Any = None, max_images: int = 32, max_tokens_per_turn: int | None = None,
+                 env_timeout_margin_s: float = 60.0, **kwargs: Any) -> None:
         verl_names = ("trainer_config", "server_manager", "tokenizer", "processor", "dataset_cls", "data_config",
                       "hf_model_type")
         super().__init__(*args, **{k: kwargs.pop(k) for k in verl_names if k in kwargs})
@@ -102,6 +104,8 @@ class PyVisionAgentLoop(AgentLoopBase):
                              "dataset row's extra_info['task']")
         if not isinstance(max_images, int) or max_images < 0:
             raise ValueError(f"max_images must be an int >= 0, got {max_images!r}")
+        if max_tokens_per_turn is not None and (not isinstance(max_tokens_per_turn, int) or max_tokens_per_turn < 1):
+            raise ValueError(f"max_tokens_per_turn must be an int >= 1 or null, got {max_tokens_per_turn!r}")
         if env_timeout_margin_s <= 0:
             raise ValueError(f"env_timeout_margin_s must be > 0, got {env_timeout_margin_s!r}")
         max_turns = self.rollout_config.multi_turn.get("max_assistant_turns")
@@ -109,6 +113,7 @@ class PyVisionAgentLoop(AgentLoopBase):
             env_settings["max_turns"] = int(max_turns)
         self.env_settings = env_settings
         self.max_images = max_images
+        self.max_tokens_per_turn = max_tokens_per_turn
         self.env_timeout_margin_s = float(env_timeout_margin_s)
         self.response_length = int(self.rollout_config.response_length)
         self._image_token_id = get_processor_token_id(self.processor, "image")
@@ -178,6 +183,8 @@ class PyVisionAgentLoop(AgentLoopBase):
                         metrics: dict[str, Any]) -> str:
         """Sample one turn into the stream and return its text; stops the episode when it cannot go on."""
         budget = self.response_length - len(traj.mask)  # >= 1: an observation is appended only with room left
+        if self.max_tokens_per_turn is not None:
+            budget = min(budget, self.max_tokens_per_turn)
         with simple_timer("generate_sequences", metrics):
             output = await self.server_manager.generate(
                 request_id=request_id, prompt_ids=traj.ids, sampling_params={**params, "max_tokens": budget},

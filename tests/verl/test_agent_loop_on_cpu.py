@@ -56,7 +56,7 @@ def grid_tokens(processor: Any, image: Any) -> int:
     return int(grid.prod()) // processor.image_processor.merge_size ** 2
 
 
-def check_turns(out: Any, server: Any, processor: Any, response_length: int) -> None:
+def check_turns(out: Any, server: Any, processor: Any, response_length: int, per_turn: int | None = None) -> None:
     """What holds for every trajectory: each call saw a prefix of the final stream with its images in
     lockstep, the model's tokens are exactly the mask-1 runs, and nothing passed the budget."""
     ids = out.prompt_ids + out.response_ids
@@ -69,7 +69,7 @@ def check_turns(out: Any, server: Any, processor: Any, response_length: int) -> 
         assert all(a is b for a, b in zip(call["images"], images, strict=False))
         assert call["sampling_params"]["stop"] == ["</code>"]
         spent = len(call["prompt_ids"]) - len(out.prompt_ids)
-        assert call["sampling_params"]["max_tokens"] == response_length - spent
+        assert call["sampling_params"]["max_tokens"] == min(response_length - spent, per_turn or response_length)
     sent = [(c["token_ids"], c["log_probs"]) for c in server.calls]
     if out.extra_fields["end_reason"] == "placeholder_token_generated":  # the loop cut the last turn there
         cut = next(n for n in range(len(sent[-1][0]) + 1)
@@ -213,6 +213,23 @@ def test_a_turn_cut_by_the_budget_is_not_executed(make_loop, make_row, scripted,
     check_turns(out, server, processor, response_length=16)
     assert len(out.response_ids) == 16 and out.extra_fields["n_tool_calls"] == 0
     assert out.extra_fields["end_reason"] == out.extra_fields["broken_reason"] == "max_response_length"
+
+
+def test_max_tokens_per_turn_caps_each_request_below_the_response_budget(make_loop, make_row, scripted,
+                                                                         compose_config, processor):
+    config = compose_config("actor_rollout_ref.rollout.response_length=4000")
+    task = suite("synthetic-image")[0]
+    server = scripted([scripted.code("print(1)"), scripted.answer("1")])
+    out = play(make_loop, server, make_row(task), config=config, yaml={"max_tokens_per_turn": 50})
+
+    check_turns(out, server, processor, response_length=4000, per_turn=50)
+    assert [c["sampling_params"]["max_tokens"] for c in server.calls] == [50, 50]
+    unbounded = scripted([scripted.answer("1")])
+    play(make_loop, unbounded, make_row(task), config=config, yaml={"max_tokens_per_turn": None})
+    assert unbounded.calls[0]["sampling_params"]["max_tokens"] == 4000  # only the response budget
+    with pytest.raises(Exception, match="max_tokens_per_turn must be an int >= 1"):
+        play(make_loop, scripted([scripted.answer("1")]), make_row(task), config=config,
+             yaml={"max_tokens_per_turn": 0})
 
 
 @pytest.mark.parametrize("spelled", ["special token", "piece by piece"])
@@ -360,4 +377,5 @@ def test_yaml_entry_is_what_verl_registers():
     assert entry.name == "pyvision_agent"
     assert entry._target_ == "pyvision_agent.verl.agent_loop.PyVisionAgentLoop"
     assert OmegaConf.to_container(entry) == {"name": "pyvision_agent", "_target_": entry._target_, "max_images": 32,
-                                             "end_on_error": False, "max_frames_per_episode": 32}
+                                             "max_tokens_per_turn": 10240, "end_on_error": False,
+                                             "max_frames_per_episode": 32}
