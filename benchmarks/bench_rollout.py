@@ -26,9 +26,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pyvision_env.synthetic  # noqa: E402
-from pyvision_agent.episode import Episode  # noqa: E402
 from pyvision_agent.policies import ScriptedPolicy  # noqa: E402
-from pyvision_agent.rollout import rollout  # noqa: E402
+from pyvision_agent.rollout import play_episode, rollout  # noqa: E402
 from pyvision_env.tasks import Task  # noqa: E402
 
 ENVS = {"image": "PyVisionImage-v0", "video": "PyVisionVideo-v0"}
@@ -42,15 +41,8 @@ def sync_loop(env_id: str, tasks: list[Task], episodes: int) -> dict:
     start = time.perf_counter()
     for i in range(episodes):
         t = time.perf_counter()
-        obs, info = env.reset(options={"task_index": i % len(tasks)})
-        episode = Episode.from_reset(env_id, obs, info, task=env.unwrapped._episode.task)
-        done = False
-        while not done:
-            turn = policy.act(episode)
-            obs, _, terminated, truncated, info = env.step(turn.text)
-            done = terminated or truncated
-            episode.add(turn, None if done else obs)
-            steps += 1
+        episode, _ = play_episode(env, policy, options={"task_index": i % len(tasks)})
+        steps += len(episode.turns)
         latencies.append(time.perf_counter() - t)
     wall = time.perf_counter() - start
     env.close()

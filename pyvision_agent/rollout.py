@@ -187,6 +187,23 @@ def _describe(exc: BaseException | None) -> str:
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
 
+def play_episode(env: gym.Env, policy: Policy, *, options: dict[str, Any] | None = None,
+                 seed: int | None = None) -> tuple[Episode, dict[str, Any]]:
+    """One episode in a plain synchronous loop (the Gymnasium API as a custom RL script drives it);
+    returns the episode and the last step's info (``reward_components``, ``end_reason``...)."""
+    core = env.unwrapped
+    obs, info = env.reset(seed=seed, options=options)
+    episode = Episode.from_reset(core.env_id, obs, info, task=core._episode.task,
+                                 image_placeholder=core.config.image_placeholder)
+    done = False
+    while not done:
+        turn = policy.act(episode)
+        obs, _, terminated, truncated, info = env.step(turn.text)
+        done = terminated or truncated
+        episode.add(turn, None if done else obs)
+    return episode, info
+
+
 async def arollout(env_id: str, policy: Policy, *, env_kwargs: dict[str, Any] | None = None,
                    limit: int | None = None, samples: int = 1, concurrency: int = 8,
                    out_dir: str | Path | None = None, resume: bool = True, save_frames: bool = True,
@@ -252,4 +269,4 @@ def _progress(total: int, initial: int, enabled: bool) -> Any:
     return tqdm(total=total, initial=initial, desc="episodes", unit="ep", disable=not enabled, dynamic_ncols=True)
 
 
-__all__ = ["EpisodeSpec", "TRAJECTORIES", "arollout", "episode_specs", "read_records", "rollout"]
+__all__ = ["EpisodeSpec", "TRAJECTORIES", "arollout", "episode_specs", "play_episode", "read_records", "rollout"]

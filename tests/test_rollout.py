@@ -259,3 +259,18 @@ def test_eval_with_a_tiny_transformers_model_keeps_tokens_in_records(tmp_path, c
         model_turns = [s for s in r["steps"] if s["role"] == "model"]
         assert 1 <= sum(tokens["response_mask"]) <= 12 * len(model_turns)
     assert json.loads((out / "summary.json").read_text())["episodes"] == 2
+
+
+def test_play_episode_is_the_plain_gymnasium_loop():
+    import gymnasium as gym
+
+    from pyvision_agent.rollout import play_episode
+
+    env = gym.make("PyVisionImage-v0")
+    try:
+        episode, info = play_episode(env, ScriptedPolicy(), options={"task_index": 1})
+    finally:
+        env.close()
+    assert info["end_reason"] == "answered" and info["reward_components"]["accuracy"] == 1.0
+    assert len(episode.turns) == info["turn"] and len(episode.observations) == info["turn"]  # last turn answered
+    assert episode.task.id == "synthetic-image-1" and episode.system_prompt

@@ -11,8 +11,8 @@ import pytest
 import ray
 from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
 
-from pyvision_agent.episode import Episode
 from pyvision_agent.policies.scripted import ScriptedPolicy
+from pyvision_agent.rollout import play_episode
 from pyvision_agent.verl.reward import compute_score
 from pyvision_env.synthetic import suite
 from pyvision_env.tasks import Task
@@ -76,15 +76,7 @@ def play_in_env(env_id: str, task: Task, policy: ScriptedPolicy) -> dict[str, An
     """The env's own episode with a scripted policy; returns the last step's info."""
     env = gym.make(env_id)
     try:
-        obs, info = env.reset(options={"task": task})
-        episode = Episode.from_reset(env_id, obs, info, task=task)
-        done = False
-        while not done:
-            turn = policy.act(episode)
-            obs, _, terminated, truncated, info = env.step(turn.text)
-            done = terminated or truncated
-            episode.add(turn, None if done else obs)
-        return info
+        return play_episode(env, policy, options={"task": task})[1]
     finally:
         env.close()
 
