@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pyvision_env.synthetic  # noqa: E402
 from pyvision_agent.policies import ScriptedPolicy  # noqa: E402
 from pyvision_agent.rollout import play_episode, rollout  # noqa: E402
+from pyvision_agent.summary import summarize_group  # noqa: E402
 from pyvision_env.tasks import Task  # noqa: E402
 
 ENVS = {"image": "PyVisionImage-v0", "video": "PyVisionVideo-v0"}
@@ -57,10 +58,9 @@ def runner(env_id: str, tasks: list[Task], episodes: int, concurrency: int) -> d
     if any(r["error"] or not r["correct"] for r in records):
         bad = next(r for r in records if r["error"] or not r["correct"])
         raise RuntimeError(f"an episode failed, the numbers would be meaningless: {bad['episode_id']} {bad['error']}")
-    total = sum(r["timings"]["total_s"] for r in records)
     return {"wall_s": wall, "episodes": len(records), "steps": sum(r["turns"] for r in records),
             "latencies": [r["timings"]["total_s"] for r in records],
-            "sandbox_share": sum(r["timings"]["sandbox_s"] for r in records) / total}
+            "sandbox_share": summarize_group(records)["sandbox_share"]}
 
 
 def measure(env_id: str, levels: list[int], repeat: int, min_episodes: int) -> list[dict]:

@@ -235,6 +235,8 @@ async def arollout(env_id: str, policy: Policy, *, env_kwargs: dict[str, Any] | 
     for _ in range(min(concurrency, len(todo))):
         pool.put_nowait(gym.make(env_id, **{**env_kwargs, "tasks": tasks}))
     bar = _progress(len(specs), len(specs) - len(todo), enabled=progress)
+    judged = [r["correct"] for r in recorder.done.values() if r["correct"] is not None]
+    tally = {"right": sum(judged), "judged": len(judged)}  # running counts: no rescan per finished episode
 
     async def run(spec: EpisodeSpec) -> None:
         env = await pool.get()
@@ -244,9 +246,10 @@ async def arollout(env_id: str, policy: Policy, *, env_kwargs: dict[str, Any] | 
             pool.put_nowait(env)
         recorder.write(record)
         bar.update(1)
-        right = [r["correct"] for r in recorder.done.values() if r["correct"] is not None]
-        if right:
-            bar.set_postfix(accuracy=f"{sum(right) / len(right):.3f}", refresh=False)
+        if record["correct"] is not None:
+            tally["right"] += record["correct"]
+            tally["judged"] += 1
+            bar.set_postfix(accuracy=f"{tally['right'] / tally['judged']:.3f}", refresh=False)
 
     try:
         await asyncio.gather(*(run(s) for s in todo))
