@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -132,15 +133,22 @@ def test_exact_pixels_cross_the_boundary(sandbox, gradient):
         np.testing.assert_array_equal(r.frames[0], gradient)
 
 
-def test_working_directory_is_a_private_scratch_dir_removed_at_close(sandbox):
+def test_working_directory_is_a_private_scratch_tmpfs_gone_at_close(sandbox):
     import os
 
     s = sandbox.session()
-    r = s.execute("import os\nopen('notes.txt', 'w').write('hi')\nprint(os.getcwd())")
-    assert r.error is None and r.stdout.strip() == s.scratch_dir
-    assert os.path.exists(os.path.join(s.scratch_dir, "notes.txt"))
+    r = s.execute("import os\nopen('notes.txt', 'w').write('hi')\nprint(os.getcwd(), os.environ['TMPDIR'])")
+    assert r.error is None and r.stdout.split() == [s.scratch_dir, "/sandbox/tmp"]
+    inside = f"/proc/{s.pid}/root{s.scratch_dir}/notes.txt"  # the worker's own root, seen from the host
+    with open(inside) as f:
+        assert f.read() == "hi"
+    assert not os.path.exists(os.path.join(s.scratch_dir, "notes.txt"))  # never on the host's disk
     s.close()
-    assert not os.path.exists(s.scratch_dir)
+    deadline = time.monotonic() + 10
+    while os.path.exists(inside) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not os.path.exists(inside)
+    assert sorted(os.listdir(sandbox.scratch_root)) == ["root", "zygote.log"]
 
 
 def test_bad_inputs_raise_clear_errors(sandbox, tmp_path):

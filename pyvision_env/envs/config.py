@@ -46,9 +46,9 @@ class EnvConfig(BaseModel):
     judge: Literal["rule", "llm"] = Field("rule", description="rule: the judge of the task's answer_type; "
                                           "llm: an OpenAI-compatible judge model (llm_judge settings).")
     llm_judge: LLMJudgeConfig | None = None
-    isolation: Literal["auto", "strict", "bwrap", "none"] = Field(
+    isolation: Literal["auto", "strict", "none"] = Field(
         "auto", description="Sandbox isolation: auto (the strongest this kernel allows, warning about gaps), "
-        "strict (refuse gaps), bwrap (also a read-only root under bubblewrap), none (debugging only).")
+        "strict (refuse to start with a gap), none (debugging only). See the README's threat model.")
 
     @field_validator("dialect")
     @classmethod

@@ -31,14 +31,22 @@ def to_rgb_array(image: ImageLike) -> np.ndarray:
 
 
 def fit_pixels(image: np.ndarray, max_pixels: int) -> np.ndarray:
-    """``image`` downscaled (aspect kept, INTER_AREA) to at most ``max_pixels`` pixels; as is if it fits."""
+    """``image`` downscaled (aspect kept where it can be, INTER_AREA) to at most ``max_pixels`` pixels; as is
+    if it fits. Both sides are bounded: when the short side would fall below one pixel (a 1x3,000,000
+    strip), it stays at one and the long side is cut to fit."""
     import cv2
 
     h, w = image.shape[:2]
     if h * w <= max_pixels:
         return image
     scale = math.sqrt(max_pixels / (h * w))
-    return cv2.resize(image, (max(1, int(w * scale)), max(1, int(h * scale))), interpolation=cv2.INTER_AREA)
+    new_h, new_w = max(1, int(h * scale)), max(1, int(w * scale))
+    if new_h * new_w > max_pixels:  # the short side was clamped up to 1: cut the long one
+        if new_h >= new_w:
+            new_h = max_pixels // new_w
+        else:
+            new_w = max_pixels // new_h
+    return cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
 
 
 def _check_array(arr: np.ndarray) -> np.ndarray:

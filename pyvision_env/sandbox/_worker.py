@@ -17,8 +17,9 @@ import time
 import traceback
 from typing import Any, NoReturn
 
-from . import _isolation, _wire
-from ._capture import FrameSink, Hooks, OutputCapture, truncate_middle
+from . import _isolation, _rootfs, _wire
+from ._capture import FrameSink, Hooks, OutputCapture
+from ._text import truncate_middle
 
 _THIS_FILE = __file__
 _MAX_REQUEST = 64 * 1024 * 1024
@@ -36,10 +37,25 @@ class _Interrupts:
             raise KeyboardInterrupt
 
 
-def _apply_limits_and_isolation(spawn: dict[str, Any]) -> dict[str, Any]:
+def _apply_limits_and_isolation(spawn: dict[str, Any], bpf: bytes,
+                                video_fd: int | None) -> tuple[dict[str, Any], str | None]:
+    """Confine this process before it answers anything; returns what was applied (for the host's report)
+    and the path the video (opened by the host as ``video_fd``) is read from.
+
+    With a private root (``plan["mountns"]``) the worker gets its own mount, IPC and UTS namespaces, a
+    fresh scratch tmpfs and /proc; without it, Landlock also restricts reads to what the interpreter needs.
+    Capabilities are dropped after the last step that needs them; seccomp comes last.
+    """
     limits, plan = spawn["limits"], spawn["isolation"]
-    applied = {"network": "none", "filesystem": "none", "processes": "process-group"}
+    applied = {"network": "none", "filesystem": "none", "processes": "process-group", "ipc": "host",
+               "syscalls": "none"}
     os.setsid()  # killpg(0) or a terminal's signals reach this episode's processes only
+    # The video is read through the descriptor the host opened (its directory is not in view). Reopening
+    # it for writing through /proc/self/fd is refused by Landlock, which checks the file's real path.
+    video_path = None if video_fd is None else f"/proc/self/fd/{video_fd}"
+    if plan["mountns"]:
+        _rootfs.enter_worker_root(limits["max_scratch_mb"], own_network=plan["landlock_abi"] < 6)
+        applied.update(filesystem="private-root", ipc="namespace")
     if plan["pidns"]:
         _isolation.limit_pids_in_namespace(limits["max_processes"])
         applied["processes"] = "pid-namespace"
@@ -48,23 +64,40 @@ def _apply_limits_and_isolation(spawn: dict[str, Any]) -> dict[str, Any]:
         resource.setrlimit(resource.RLIMIT_NPROC, (limits["max_processes"], limits["max_processes"]))
     if plan["netns"]:
         applied["network"] = "namespace"
-    os.chdir(spawn["scratch_dir"])
+    if plan["mode"] != "none":
+        _isolation.join_fresh_session_keyring()
+    scratch = _rootfs.HOME if plan["mountns"] else spawn["scratch_dir"]
+    os.chdir(scratch)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_FSIZE, (limits["max_file_mb"] << 20,) * 2)
     resource.setrlimit(resource.RLIMIT_NOFILE, (limits["max_open_files"],) * 2)
-    if plan["landlock_abi"]:
-        _isolation.landlock_restrict_writes([spawn["scratch_dir"]], plan["landlock_abi"])
-        applied["filesystem"] = "landlock"
-        if applied["network"] == "none" and plan["landlock_abi"] >= 4:
+    if plan["mode"] != "none":
+        _isolation.drop_capabilities()
+    abi = plan["landlock_abi"]
+    if abi:
+        writable = _rootfs.SANDBOX if plan["mountns"] else scratch
+        rules = [(writable, _isolation.landlock_write_rights(abi) | _isolation.FS_READ),
+                 ("/dev/null", _isolation.FS_WRITE_FILE | _isolation.FS_READ_FILE)]
+        if not plan["mountns"]:  # the host's files are visible: allow reading only what the interpreter needs
+            media = [spawn["video"]] if spawn["video"] else []
+            rules += [(path, _isolation.FS_READ) for path in (*_rootfs.exposed_paths(), *media)]
+            rules += [(f"/dev/{name}", _isolation.FS_READ) for name in ("zero", "full", "random", "urandom")]
+            rules.append(("/proc/self", _isolation.FS_READ))  # resolved now: this process's own entry only
+        _isolation.landlock_restrict(rules, abi, handle_reads=not plan["mountns"])
+        if not plan["mountns"]:
+            applied["filesystem"] = "landlock"
+        if applied["network"] == "none" and abi >= 4:
             applied["network"] = "landlock-tcp"
-    if plan["seccomp"]:
-        _isolation.seccomp_deny_inet_sockets()
-        applied["network"] = "seccomp"
+    if bpf:
+        _isolation.load_seccomp_filter(bpf)
+        applied["syscalls"] = "seccomp"
+        if applied["network"] in ("none", "landlock-tcp"):
+            applied["network"] = "seccomp"
     os.environ.clear()
-    os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=spawn["scratch_dir"], LANG="C.UTF-8",
-                      TMPDIR=spawn["scratch_dir"], MPLBACKEND="Agg", OMP_NUM_THREADS="1",
+    os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=scratch, LANG="C.UTF-8",
+                      TMPDIR=_rootfs.TMP if plan["mountns"] else scratch, MPLBACKEND="Agg", OMP_NUM_THREADS="1",
                       OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
-    return applied
+    return applied, video_path
 
 
 def _limit_memory(budget_mb: int) -> None:
@@ -75,7 +108,8 @@ def _limit_memory(budget_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _build_namespace(spawn: dict[str, Any], image_fds: list[int], hooks: Hooks) -> dict[str, Any]:
+def _build_namespace(spawn: dict[str, Any], image_fds: list[int], video_path: str | None,
+                     hooks: Hooks) -> dict[str, Any]:
     import cv2
     import matplotlib.pyplot as plt
     import numpy as np
@@ -89,8 +123,13 @@ def _build_namespace(spawn: dict[str, Any], image_fds: list[int], hooks: Hooks) 
     for i, ((h, w), fd) in enumerate(zip(spawn["images"], image_fds)):
         ns[f"image_clue_{i}"] = _map_image(fd, h, w)
         os.close(fd)
-    if spawn.get("video"):
-        ns["video_clue_0"] = video_mod.VideoReader(spawn["video"], cache_mb=spawn["limits"]["video_cache_mb"])
+    if video_path is not None:
+        try:
+            reader = video_mod.VideoReader(video_path, cache_mb=spawn["limits"]["video_cache_mb"])
+        except video_mod.MediaError as exc:  # name the file as the task did
+            raise video_mod.MediaError(str(exc).replace(video_path, spawn["video"])) from None
+        reader.path = spawn["video"]
+        ns["video_clue_0"] = reader
     return ns
 
 
@@ -187,20 +226,24 @@ def _serve(sock: socket.socket, spawn: dict[str, Any], ns: dict[str, Any], sink:
             os._exit(0)
 
 
-def main(sock: socket.socket, spawn: dict[str, Any], image_fds: list[int]) -> NoReturn:
-    """Entry point in the freshly forked child; reports startup failures to the host, then serves."""
+def main(sock: socket.socket, spawn: dict[str, Any], fds: list[int], bpf: bytes) -> NoReturn:
+    """Entry point in the freshly forked child; reports startup failures to the host, then serves.
+
+    ``fds`` are the inputs the host opened: the video file first when there is one, then one sealed
+    memfd per input image. ``bpf`` is the zygote's compiled seccomp filter (empty: none)."""
     try:
         signal.signal(signal.SIGINT, _Interrupts.handler)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past RLIMIT_FSIZE raise instead of killing
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         my_pid = os.getpid()
-        applied = _apply_limits_and_isolation(spawn)
+        video_fd, image_fds = (fds[0], fds[1:]) if spawn["video"] else (None, fds)
+        applied, video_path = _apply_limits_and_isolation(spawn, bpf, video_fd)
         limits = spawn["limits"]
         sink = FrameSink(limits["max_frames_per_step"], limits["max_frames_per_episode"],
                          limits["max_frame_pixels"])
         hooks = Hooks(sink)
-        ns = _build_namespace(spawn, image_fds, hooks)
+        ns = _build_namespace(spawn, image_fds, video_path, hooks)
         output = OutputCapture(limits["max_output_chars"])
         _limit_memory(limits["memory_limit_mb"])
         hello = {"op": "hello", "ok": True, "isolation": applied}
