@@ -312,6 +312,32 @@ def test_disk_beyond_the_scratch_bound_is_refused(sandbox):
         assert r.stdout.strip() == "32"
 
 
+def test_cpu_of_background_children_is_bounded_by_the_episode_quota(sandbox):
+    _requires_cgroups(sandbox)
+    if not os.path.isdir("/sys/fs/cgroup/cpu") and not os.path.exists("/sys/fs/cgroup/cpu.max"):
+        pytest.skip("no cpu cgroup controller here")
+    cfg = SandboxConfig(exec_timeout_s=30, cpu_limit_cores=0.1)
+    with sandbox.session(config=cfg) as s:
+        r = s.execute(textwrap.dedent("""
+            import os, time
+            kids = []
+            for _ in range(3):
+                pid = os.fork()
+                if pid == 0:
+                    end = time.monotonic() + 2.0
+                    while time.monotonic() < end:
+                        pass
+                    os._exit(0)
+                kids.append(pid)
+            for pid in kids:
+                os.waitpid(pid, 0)
+            t = os.times()
+            print(round(t.children_user + t.children_system, 3))
+        """))
+    used = float(r.stdout)
+    assert used < 0.5, f"3 busy children used {used} s of CPU in 2 s under a 0.1-core quota"
+
+
 def test_episode_cgroups_live_below_the_hosts_own(sandbox):
     _requires_cgroups(sandbox)
     own = {}
@@ -515,3 +541,21 @@ def test_signals_cannot_reach_the_host_even_in_the_fallback(fallback):
                       f"except OSError as e:\n    print(type(e).__name__)")
     assert r.stdout.strip() in ("PermissionError", "ProcessLookupError"), r.stdout
     assert psutil.pid_exists(host) and signal.getsignal(signal.SIGTERM) is not None
+
+
+def test_attacks_through_the_public_env_api(tmp_path):
+    import gymnasium as gym
+
+    import pyvision_env  # noqa: F401 - registers the ids
+
+    secret = _secret_file(tmp_path)
+    env = gym.make("PyVisionImage-v0")
+    try:
+        _, info = env.reset(seed=0)
+        assert "filesystem=private-root" in info["isolation"]
+        code = (f"try:\n    print(open({str(secret)!r}).read())\nexcept OSError as e:\n    print(type(e).__name__)\n"
+                "import os\nprint(sorted(p for p in os.listdir('/proc') if p.isdigit()))")
+        obs, *_ = env.step(f"<code>\n```python\n{code}\n```\n</code>")
+        assert "sk-live" not in obs["text"] and "FileNotFoundError" in obs["text"] and "['1']" in obs["text"], obs
+    finally:
+        env.close()

@@ -1,8 +1,10 @@
-"""Per-episode resource accounting: one cgroup per episode for memory and PIDs, made by the host.
+"""Per-episode resource accounting: one cgroup per episode for memory, PIDs and CPU, made by the host.
 
 RLIMIT_AS and RLIMIT_FSIZE count per process and per file, so memfds, files in the scratch tmpfs and
 child processes could add up to many times ``memory_limit_mb``. A memory cgroup charges all of them (page
-cache, tmpfs and memfd pages included) to the episode, and ``pids.max`` bounds its processes.
+cache, tmpfs and memfd pages included) to the episode, ``pids.max`` bounds its processes, and where the
+``cpu`` controller is available a quota bounds the CPU its processes (background children included) take
+from other episodes.
 
 Episode cgroups are always made *below* the host process's own cgroup (read from ``/proc/self/cgroup``),
 never beside or above it, so the host's own accounting stays intact:
@@ -25,7 +27,9 @@ import os
 
 log = logging.getLogger("pyvision_env.sandbox")
 _counter = itertools.count()
+_CPU_PERIOD_US = 100_000
 _CONTROLLERS = ("memory", "pids")
+_OPTIONAL = ("cpu",)  # used where present: a CPU quota keeps one episode's processes from starving the rest
 
 
 class EpisodeCgroup:
@@ -90,6 +94,7 @@ class Cgroups:
         tag = f"pyvision-{os.getpid()}-{next(_counter)}"
         v1 = [(mounts.get(c), own.get(c)) for c in _CONTROLLERS]
         if all(m is not None and p is not None for m, p in v1):
+            v1 += [(mounts[c], own[c]) for c in _OPTIONAL if c in mounts and c in own]
             bases = [os.path.join(m, p.lstrip("/")) for m, p in v1]
             for base in bases:
                 _remove_stale(base)
@@ -108,9 +113,10 @@ class Cgroups:
             _remove_stale(base)
             parent = os.path.join(base, tag)
             os.mkdir(parent)
+            wanted = [*_CONTROLLERS, *(c for c in _OPTIONAL if c in available)]
             try:
-                _enable_controllers(base, parent)
-                _enable_controllers(parent, None)
+                _enable_controllers(base, parent, wanted)
+                _enable_controllers(parent, None, wanted)
             except OSError as exc:
                 if not os.listdir(parent):
                     os.rmdir(parent)
@@ -122,7 +128,7 @@ class Cgroups:
             return
         self.problem = "no writable memory and pids cgroup controllers (cgroup v1 or v2) for this process"
 
-    def create(self, memory_bytes: int, max_pids: int) -> EpisodeCgroup | None:
+    def create(self, memory_bytes: int, max_pids: int, cpu_cores: float) -> EpisodeCgroup | None:
         """A new episode cgroup with its limits; None when cgroups are unavailable (or creation failed)."""
         if self.kind is None:
             return None
@@ -140,11 +146,16 @@ class Cgroups:
                             _write(os.path.join(d, "memory.memsw.limit_in_bytes"), str(memory_bytes))
                     if os.path.exists(os.path.join(d, "pids.max")):
                         _write(os.path.join(d, "pids.max"), str(max_pids))
+                    if os.path.exists(os.path.join(d, "cpu.cfs_quota_us")):
+                        _write(os.path.join(d, "cpu.cfs_period_us"), str(_CPU_PERIOD_US))
+                        _write(os.path.join(d, "cpu.cfs_quota_us"), str(int(cpu_cores * _CPU_PERIOD_US)))
                 else:
                     _write(os.path.join(d, "memory.max"), str(memory_bytes))
                     if os.path.exists(os.path.join(d, "memory.swap.max")):
                         _write(os.path.join(d, "memory.swap.max"), "0")
                     _write(os.path.join(d, "pids.max"), str(max_pids))
+                    if os.path.exists(os.path.join(d, "cpu.max")):
+                        _write(os.path.join(d, "cpu.max"), f"{int(cpu_cores * _CPU_PERIOD_US)} {_CPU_PERIOD_US}")
         except OSError as exc:
             log.warning("could not create an episode cgroup (%s); this episode runs without one", exc)
             EpisodeCgroup(made, self.kind).remove()
@@ -164,9 +175,9 @@ class Cgroups:
         self._parents = []
 
 
-def _enable_controllers(cgroup: str, move_self_to: str | None) -> None:
+def _enable_controllers(cgroup: str, move_self_to: str | None, controllers: list[str]) -> None:
     control = os.path.join(cgroup, "cgroup.subtree_control")
-    want = " ".join(f"+{c}" for c in _CONTROLLERS)
+    want = " ".join(f"+{c}" for c in controllers)
     try:
         _write(control, want)
     except OSError as exc:
@@ -210,7 +221,7 @@ def _cgroup_mounts() -> dict[str, str]:
             if fstype == "cgroup2":
                 mounts.setdefault("", point)
             elif fstype == "cgroup":
-                for name in _CONTROLLERS:
+                for name in (*_CONTROLLERS, *_OPTIONAL):
                     if name in options:
                         mounts.setdefault(name, point)
     return mounts

@@ -138,7 +138,8 @@ def enter_worker_root(scratch_mb: int, own_network: bool) -> None:
     ``own_network`` adds a network namespace (~0.5 ms more, and more work for the kernel at exit): needed
     only where Landlock cannot scope abstract unix sockets (ABI < 6), which live per network namespace."""
     iso.unshare(iso.CLONE_NEWNS | iso.CLONE_NEWIPC | iso.CLONE_NEWUTS | (iso.CLONE_NEWNET if own_network else 0))
-    iso.mount("tmpfs", SANDBOX, "tmpfs", iso.MS_NOSUID | iso.MS_NODEV, f"mode=0755,size={scratch_mb}m")
+    iso.mount("tmpfs", SANDBOX, "tmpfs", iso.MS_NOSUID | iso.MS_NODEV,
+              f"mode=0755,size={scratch_mb}m,nr_inodes={max(1024, scratch_mb * 64)}")
     os.mkdir(HOME, 0o700)
     os.mkdir(TMP, 0o1777)
     iso.mount("proc", "/proc", "proc", iso.MS_NOSUID | iso.MS_NODEV | iso.MS_NOEXEC)

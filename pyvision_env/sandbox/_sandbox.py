@@ -290,7 +290,7 @@ class Session:
         fds: list[int] = []
         cgroups = self._sandbox._cgroups
         memory = (cfg.memory_limit_mb + _CGROUP_OVERHEAD_MB) << 20
-        cgroup = cgroups.create(memory, cfg.max_processes) if cgroups is not None else None
+        cgroup = cgroups.create(memory, cfg.max_processes, cfg.cpu_limit_cores) if cgroups is not None else None
         try:
             if self._video is not None:
                 try:
@@ -469,6 +469,7 @@ class Session:
         elif reason == "protocol":
             error = (f"The interpreter broke the reply protocol ({detail}); it was killed and restarted and {lost}")
         else:
+            worker.signal(signal.SIGKILL)  # it may have only closed its socket: never wait on a live one
             status = self._sandbox._zygote.status(worker.zpid)
             cause = ("killed by the kernel for exceeding the episode's memory limit "
                      f"(memory_limit_mb={self.config.memory_limit_mb})"
