@@ -25,11 +25,18 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:  # gone, possibly between two looks
+        return False
+
+
 def _wait_gone(pids: list[int], cap_s: float = 10.0) -> list[int]:
     deadline = time.monotonic() + cap_s
     alive = list(pids)
     while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        alive = [p for p in alive if _running(p)]
         time.sleep(0.05)
     return alive
 

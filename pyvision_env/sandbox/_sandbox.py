@@ -126,15 +126,18 @@ class Sandbox:
     """
 
     def __init__(self, isolation: IsolationMode = "auto", use_namespaces: bool = True,
-                 image_cache_mb: int = 1024) -> None:
+                 image_cache_mb: int = 1024, pool_size: int = 2) -> None:
         if isolation not in get_args(IsolationMode):
             raise ValueError(f"isolation must be one of {get_args(IsolationMode)}, got {isolation!r}")
+        if pool_size < 0:
+            raise ValueError(f"pool_size must be >= 0, got {pool_size}")
         self.scratch_root = tempfile.mkdtemp(prefix="pyvision-")
         self._cgroups = Cgroups() if isolation != "none" else None
         self._zygote = ZygoteClient(isolation, use_namespaces, self.scratch_root, self._cgroups)
         self._images = _ImageStore(image_cache_mb << 20)
+        self._pool = _WorkerPool(self, pool_size)
         self._finalizer = weakref.finalize(self, Sandbox._cleanup, self._zygote, self._images, self._cgroups,
-                                           self.scratch_root)
+                                           self._pool, self.scratch_root)
 
     @property
     def isolation(self) -> IsolationReport:
@@ -169,8 +172,68 @@ class Sandbox:
         """Stop the zygote (every open session's worker dies with it) and remove scratch space."""
         self._finalizer()
 
+    def _take_worker(self, prep: tuple[tuple[str, Any], ...], host_scratch: str | None,
+                     video: str | None) -> _Worker:
+        """A prepared worker for an episode: from the pool (private root only: elsewhere the isolation
+        depends on the episode's own scratch directory and video path), else forked now."""
+        if host_scratch is None:
+            worker = self._pool.take(prep)
+            if worker is not None:
+                return worker
+        return self._new_worker(prep, host_scratch, [video] if video else [])
+
+    def _new_worker(self, prep: tuple[tuple[str, Any], ...], host_scratch: str | None, media: list[str]) -> _Worker:
+        """Fork a worker, let it confine itself, and put it in a fresh episode cgroup (before it can run
+        anything: it waits for its inputs)."""
+        limits = dict(prep)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        for sock in (ours, theirs):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        memory = (limits["memory_limit_mb"] + _CGROUP_OVERHEAD_MB) << 20
+        cgroup = (self._cgroups.create(memory, limits["max_processes"], limits["cpu_limit_cores"])
+                  if self._cgroups is not None else None)
+        try:
+            zpid = self._zygote.spawn({"prep": limits, "scratch_dir": host_scratch, "media": media},
+                                      [theirs.fileno()])
+        except BaseException:
+            ours.close()
+            _reaper.submit(None, cgroup)
+            raise
+        finally:
+            theirs.close()
+        try:
+            hello = _wire.recv(ours, 1 << 20, 0, credentials=True, deadline=time.monotonic() + _HELLO_TIMEOUT_S)
+            if not hello.header.get("ok") or hello.pid is None:
+                raise SandboxError(f"the episode's interpreter could not start: "
+                                   f"{hello.header.get('error') or 'no credentials'}")
+        except (OSError, EOFError, _wire.ProtocolError, SandboxError) as exc:
+            ours.close()
+            self._zygote.status(zpid)
+            _reaper.submit(None, cgroup)
+            if isinstance(exc, SandboxError):
+                raise
+            raise SandboxError(f"the sandbox worker died while starting ({exc!r})") from exc
+        finally:
+            ours.settimeout(None)
+        pidfd = os.pidfd_open(hello.pid)
+        resources = "rlimits"
+        if cgroup is not None:
+            try:
+                cgroup.add(hello.pid)
+                resources = f"cgroup-{cgroup.kind}"
+            except OSError as exc:
+                log.warning("could not move the worker into its cgroup (%s); it runs with rlimits only", exc)
+        applied = hello.header["isolation"]
+        report = IsolationReport(applied["network"], applied["filesystem"], applied["processes"], applied["ipc"],
+                                 applied["syscalls"], resources, self.isolation.problems)
+        return _Worker(ours, hello.pid, zpid, pidfd, report, cgroup)
+
     @staticmethod
-    def _cleanup(zygote: ZygoteClient, images: _ImageStore, cgroups: Cgroups | None, scratch_root: str) -> None:
+    def _cleanup(zygote: ZygoteClient, images: _ImageStore, cgroups: Cgroups | None, pool: _WorkerPool,
+                 scratch_root: str) -> None:
+        pool.close()
         zygote.close()
         images.clear()
         _reaper.drain()
@@ -224,6 +287,87 @@ class _Worker:
         self.signal(signal.SIGKILL)
         self.sock.close()
         _reaper.submit(self.pidfd, self.cgroup)
+
+
+def _prep_key(config: SandboxConfig) -> tuple[tuple[str, Any], ...]:
+    """The limits a worker needs before its episode is known (its tmpfs, PIDs, cgroup): the pool's key."""
+    return tuple((name, getattr(config, name)) for name in _PREP_FIELDS)
+
+
+_PREP_FIELDS = ("max_scratch_mb", "max_processes", "memory_limit_mb", "cpu_limit_cores")
+
+
+class _StaleWorker(Exception):
+    """A pooled worker was dead when an episode claimed it."""
+
+
+class _WorkerPool:
+    """A few workers forked and confined ahead of time, so that ``reset()`` skips the fork and the
+    isolation set-up (~5 ms of a ~6-7 ms session start). Kept for the limits asked for last (an RL run
+    asks for one set); refilled by a background thread after every take. Idle pooled workers block on
+    their socket: no CPU, ~4 MB of private memory each."""
+
+    def __init__(self, sandbox: Sandbox, size: int) -> None:
+        self._sandbox = weakref.ref(sandbox)
+        self._size = size
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._key: tuple[tuple[str, Any], ...] | None = None
+        self._ready: list[_Worker] = []
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def take(self, key: tuple[tuple[str, Any], ...]) -> _Worker | None:
+        if self._size == 0:
+            return None
+        with self._lock:
+            if self._closed:
+                return None
+            if key != self._key:
+                stale, self._ready, self._key = self._ready, [], key
+                for worker in stale:
+                    worker.kill_and_release()
+            worker = self._ready.pop(0) if self._ready else None
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._refill, name="pyvision-pool", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+        return worker
+
+    def _refill(self) -> None:
+        while True:
+            with self._lock:
+                while not self._closed and len(self._ready) >= self._size:
+                    self._wake.wait()
+                if self._closed:
+                    return
+                key = self._key
+            sandbox = self._sandbox()
+            if sandbox is None or sandbox.closed:
+                return
+            try:
+                worker = sandbox._new_worker(key, None, [])
+            except (SandboxError, OSError) as exc:
+                if not (self._closed or sandbox.closed):  # closing races the refill: nothing to report
+                    log.warning("could not prepare a pooled worker (%s); episodes fork their own", exc)
+                with self._lock:
+                    self._wake.wait(1.0)
+                continue
+            finally:
+                del sandbox
+            with self._lock:
+                if self._closed or key != self._key:
+                    worker.kill_and_release()
+                else:
+                    self._ready.append(worker)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            ready, self._ready = self._ready, []
+            self._wake.notify_all()
+        for worker in ready:
+            worker.kill_and_release()
 
 
 class Session:
@@ -281,16 +425,25 @@ class Session:
         return worker
 
     def _spawn(self) -> _Worker:
-        cfg = self.config
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        for s in (ours, theirs):
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
-        ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        """A prepared worker (from the pool when one matches) started with this episode's inputs."""
+        prep = _prep_key(self.config)
+        for attempt in (1, 2):
+            worker = self._sandbox._take_worker(prep, self._state["scratch"], self._video)
+            try:
+                self._start(worker)
+                return worker
+            except _StaleWorker:  # a pooled worker that died while it waited (e.g. with an old zygote)
+                worker.kill_and_release()
+                if attempt == 2:
+                    raise SandboxError("the sandbox worker died while starting") from None
+            except BaseException:
+                worker.kill_and_release()
+                raise
+        raise AssertionError("unreachable")
+
+    def _start(self, worker: _Worker) -> None:
+        """Send the episode's limits and inputs (video fd, image memfds) and wait for ``started``."""
         fds: list[int] = []
-        cgroups = self._sandbox._cgroups
-        memory = (cfg.memory_limit_mb + _CGROUP_OVERHEAD_MB) << 20
-        cgroup = cgroups.create(memory, cfg.max_processes, cfg.cpu_limit_cores) if cgroups is not None else None
         try:
             if self._video is not None:
                 try:
@@ -302,46 +455,23 @@ class Session:
                 fd, shape = self._sandbox._images.acquire(image)
                 fds.append(fd)
                 shapes.append(shape)
-            header = {"scratch_dir": self._state["scratch"], "images": shapes, "video": self._video,
-                      "limits": cfg.model_dump()}
-            zpid = self._sandbox._zygote.spawn(header, [theirs.fileno(), *fds])
-        except BaseException:
-            ours.close()
-            _reaper.submit(None, cgroup)
-            raise
+            try:
+                _wire.send(worker.sock, {"op": "start", "images": shapes, "video": self._video,
+                                         "limits": self.config.model_dump()}, fds=fds)
+            except OSError as exc:
+                raise _StaleWorker from exc
         finally:
-            theirs.close()
             for fd in fds:
                 os.close(fd)
         try:
-            hello = _wire.recv(ours, 1 << 20, 0, credentials=True, deadline=time.monotonic() + _HELLO_TIMEOUT_S)
+            reply = _wire.recv(worker.sock, 1 << 20, 0, deadline=time.monotonic() + _HELLO_TIMEOUT_S).header
         except (OSError, EOFError, _wire.ProtocolError) as exc:
-            ours.close()
-            self._sandbox._zygote.status(zpid)
-            _reaper.submit(None, cgroup)
             raise SandboxError(f"the sandbox worker died while starting ({exc!r})") from exc
         finally:
-            ours.settimeout(None)
-        if not hello.header.get("ok") or hello.pid is None:
-            ours.close()
-            self._sandbox._zygote.status(zpid)
-            _reaper.submit(None, cgroup)
-            if hello.pid is None and hello.header.get("ok"):
-                raise SandboxError("the worker did not send its credentials")
-            error_type = MediaError if hello.header.get("kind") == "media" else SandboxError
-            raise error_type(f"the episode's interpreter could not start: {hello.header.get('error')}")
-        pidfd = os.pidfd_open(hello.pid)
-        resources = "rlimits"
-        if cgroup is not None:
-            try:
-                cgroup.add(hello.pid)  # before it runs any code: the worker waits for its first request
-                resources = f"cgroup-{cgroup.kind}"
-            except OSError as exc:
-                log.warning("could not move the worker into its cgroup (%s); it runs with rlimits only", exc)
-        applied = hello.header["isolation"]
-        report = IsolationReport(applied["network"], applied["filesystem"], applied["processes"], applied["ipc"],
-                                 applied["syscalls"], resources, self._sandbox.isolation.problems)
-        return _Worker(ours, hello.pid, zpid, pidfd, report, cgroup)
+            worker.sock.settimeout(None)
+        if not reply.get("ok"):
+            error_type = MediaError if reply.get("kind") == "media" else SandboxError
+            raise error_type(f"the episode's interpreter could not start: {reply.get('error')}")
 
     # -- execution ---------------------------------------------------------------------------------
 

@@ -1,7 +1,13 @@
 """One episode's interpreter: runs in a process forked from the zygote, never returns.
 
-Order matters: limits and isolation are applied before the namespace is built and before any message
-is answered, so the model's first line of code already runs confined.
+Two phases, so that workers can be forked and confined ahead of time (the host keeps a small pool):
+
+1. *prepare*, right after fork: every isolation step (namespaces, scratch tmpfs, /proc, capabilities,
+   Landlock, seccomp), then ``hello`` (with credentials: the host learns the pid and puts the worker in its
+   cgroup). A pooled worker then waits, blocked, using no CPU.
+2. *start*, when an episode claims it: the inputs arrive (image memfds, the video) with the episode's
+   limits; the namespace is built and ``started`` answered. Only then is code run, so the model's first
+   line already runs confined.
 """
 
 from __future__ import annotations
@@ -37,22 +43,17 @@ class _Interrupts:
             raise KeyboardInterrupt
 
 
-def _apply_limits_and_isolation(spawn: dict[str, Any], bpf: bytes,
-                                video_fd: int | None) -> tuple[dict[str, Any], str | None]:
-    """Confine this process before it answers anything; returns what was applied (for the host's report)
-    and the path the video (opened by the host as ``video_fd``) is read from.
+def _apply_isolation(spawn: dict[str, Any], bpf: bytes) -> dict[str, Any]:
+    """Confine this process before it answers anything; returns what was applied (for the host's report).
 
     With a private root (``plan["mountns"]``) the worker gets its own mount, IPC and UTS namespaces, a
     fresh scratch tmpfs and /proc; without it, Landlock also restricts reads to what the interpreter needs.
     Capabilities are dropped after the last step that needs them; seccomp comes last.
     """
-    limits, plan = spawn["limits"], spawn["isolation"]
+    limits, plan = spawn["prep"], spawn["isolation"]
     applied = {"network": "none", "filesystem": "none", "processes": "process-group", "ipc": "host",
                "syscalls": "none"}
     os.setsid()  # killpg(0) or a terminal's signals reach this episode's processes only
-    # The video is read through the descriptor the host opened (its directory is not in view). Reopening
-    # it for writing through /proc/self/fd is refused by Landlock, which checks the file's real path.
-    video_path = None if video_fd is None else f"/proc/self/fd/{video_fd}"
     if plan["mountns"]:
         _rootfs.enter_worker_root(limits["max_scratch_mb"], own_network=plan["landlock_abi"] < 6)
         applied.update(filesystem="private-root", ipc="namespace")
@@ -69,8 +70,6 @@ def _apply_limits_and_isolation(spawn: dict[str, Any], bpf: bytes,
     scratch = _rootfs.HOME if plan["mountns"] else spawn["scratch_dir"]
     os.chdir(scratch)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limits["max_file_mb"] << 20,) * 2)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limits["max_open_files"],) * 2)
     if plan["mode"] != "none":
         _isolation.drop_capabilities()
     abi = plan["landlock_abi"]
@@ -79,8 +78,7 @@ def _apply_limits_and_isolation(spawn: dict[str, Any], bpf: bytes,
         rules = [(writable, _isolation.landlock_write_rights(abi) | _isolation.FS_READ),
                  ("/dev/null", _isolation.FS_WRITE_FILE | _isolation.FS_READ_FILE)]
         if not plan["mountns"]:  # the host's files are visible: allow reading only what the interpreter needs
-            media = [spawn["video"]] if spawn["video"] else []
-            rules += [(path, _isolation.FS_READ) for path in (*_rootfs.exposed_paths(), *media)]
+            rules += [(path, _isolation.FS_READ) for path in (*_rootfs.exposed_paths(), *spawn["media"])]
             rules += [(f"/dev/{name}", _isolation.FS_READ) for name in ("zero", "full", "random", "urandom")]
             rules.append(("/proc/self", _isolation.FS_READ))  # resolved now: this process's own entry only
         _isolation.landlock_restrict(rules, abi, handle_reads=not plan["mountns"])
@@ -97,7 +95,7 @@ def _apply_limits_and_isolation(spawn: dict[str, Any], bpf: bytes,
     os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=scratch, LANG="C.UTF-8",
                       TMPDIR=_rootfs.TMP if plan["mountns"] else scratch, MPLBACKEND="Agg", OMP_NUM_THREADS="1",
                       OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
-    return applied, video_path
+    return applied
 
 
 def _limit_memory(budget_mb: int) -> None:
@@ -189,9 +187,8 @@ def _run_code(code: str, cell: int, ns: dict[str, Any]) -> str | None:
     return None
 
 
-def _serve(sock: socket.socket, spawn: dict[str, Any], ns: dict[str, Any], sink: FrameSink,
+def _serve(sock: socket.socket, limits: dict[str, Any], ns: dict[str, Any], sink: FrameSink,
            output: OutputCapture, my_pid: int) -> NoReturn:
-    limits = spawn["limits"]
     cell = 0
     while True:
         try:
@@ -226,34 +223,52 @@ def _serve(sock: socket.socket, spawn: dict[str, Any], ns: dict[str, Any], sink:
             os._exit(0)
 
 
-def main(sock: socket.socket, spawn: dict[str, Any], fds: list[int], bpf: bytes) -> NoReturn:
-    """Entry point in the freshly forked child; reports startup failures to the host, then serves.
+def _start(start: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], FrameSink, OutputCapture]:
+    """Phase 2: the episode's limits and inputs. ``fds`` are the video file first when there is one (read
+    through its descriptor: its directory is not in view; reopening it for writing through /proc/self/fd
+    is refused by Landlock, which checks the file's real path), then one sealed memfd per input image."""
+    limits = start["limits"]
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits["max_file_mb"] << 20,) * 2)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limits["max_open_files"],) * 2)
+    video_fd, image_fds = (fds[0], fds[1:]) if start["video"] else (None, fds)
+    sink = FrameSink(limits["max_frames_per_step"], limits["max_frames_per_episode"], limits["max_frame_pixels"])
+    video_path = None if video_fd is None else f"/proc/self/fd/{video_fd}"
+    ns = _build_namespace(start, image_fds, video_path, Hooks(sink))
+    output = OutputCapture(limits["max_output_chars"])
+    _limit_memory(limits["memory_limit_mb"])
+    return ns, sink, output
 
-    ``fds`` are the inputs the host opened: the video file first when there is one, then one sealed
-    memfd per input image. ``bpf`` is the zygote's compiled seccomp filter (empty: none)."""
+
+def main(sock: socket.socket, spawn: dict[str, Any], bpf: bytes) -> NoReturn:
+    """Entry point in the freshly forked child: prepare, say hello, wait for the inputs, start, serve.
+    Failures are reported to the host, which raises a clear error. ``bpf`` is the zygote's compiled
+    seccomp filter (empty: none)."""
     try:
         signal.signal(signal.SIGINT, _Interrupts.handler)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past RLIMIT_FSIZE raise instead of killing
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         my_pid = os.getpid()
-        video_fd, image_fds = (fds[0], fds[1:]) if spawn["video"] else (None, fds)
-        applied, video_path = _apply_limits_and_isolation(spawn, bpf, video_fd)
-        limits = spawn["limits"]
-        sink = FrameSink(limits["max_frames_per_step"], limits["max_frames_per_episode"],
-                         limits["max_frame_pixels"])
-        hooks = Hooks(sink)
-        ns = _build_namespace(spawn, image_fds, video_path, hooks)
-        output = OutputCapture(limits["max_output_chars"])
-        _limit_memory(limits["memory_limit_mb"])
-        hello = {"op": "hello", "ok": True, "isolation": applied}
-    except BaseException as exc:  # noqa: BLE001 - reported to the host, which raises a clear error
-        kind = "media" if type(exc).__name__ == "MediaError" else "startup"
-        hello = {"op": "hello", "ok": False, "kind": kind, "error": f"{type(exc).__name__}: {exc}"}
+        hello = {"op": "hello", "ok": True, "isolation": _apply_isolation(spawn, bpf)}
+    except BaseException as exc:  # noqa: BLE001
+        hello = {"op": "hello", "ok": False, "error": f"{type(exc).__name__}: {exc}"}
     try:
         _wire.send(sock, hello, credentials=True)  # tells the host our pid in its PID namespace
+        if not hello["ok"]:
+            os._exit(1)
+        msg = _wire.recv(sock, 1 << 20, 0, max_fds=64)  # a pooled worker waits here
+    except BaseException:  # noqa: BLE001 - the host is gone (or interrupted us while we wait): nothing to do
+        os._exit(0)
+    try:
+        ns, sink, output = _start(msg.header, msg.fds)
+        started = {"op": "started", "ok": True}
+    except BaseException as exc:  # noqa: BLE001
+        kind = "media" if type(exc).__name__ == "MediaError" else "startup"
+        started = {"op": "started", "ok": False, "kind": kind, "error": f"{type(exc).__name__}: {exc}"}
+    try:
+        _wire.send(sock, started)
     except OSError:
         os._exit(1)
-    if not hello["ok"]:
+    if not started["ok"]:
         os._exit(1)
-    _serve(sock, spawn, ns, sink, output, my_pid)
+    _serve(sock, msg.header["limits"], ns, sink, output, my_pid)
