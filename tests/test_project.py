@@ -22,9 +22,10 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 def test_one_version_everywhere(capsys):
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert re.search(r'^dynamic = \["version"\]$', pyproject, re.MULTILINE)  # not written there
-    assert not re.search(r"^version = ", pyproject, re.MULTILINE)
-    assert re.search(r'^version = \{ attr = "pyvision_env.__version__" \}', pyproject, re.MULTILINE)
+    project = pyproject.split("[project]\n", 1)[1].split("\n[", 1)[0]
+    assert 'dynamic = ["version"]' in project and not re.search(r"^version =", project, re.MULTILINE)
+    dynamic = pyproject.split("[tool.setuptools.dynamic]\n", 1)[1].split("\n[", 1)[0]
+    assert re.match(r'version = \{ attr = "pyvision_env.__version__" \}', dynamic)
     assert pyvision_agent.__version__ == pyvision_env.__version__
     top = re.search(r"^## Changelog\n\n- (\d+\.\d+\.\d+)", README, re.MULTILINE).group(1)
     assert top == pyvision_env.__version__  # the changelog's newest entry is this version
