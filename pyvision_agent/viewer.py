@@ -530,7 +530,8 @@ h1 { font-size: 22px; margin: 0 0 2px; overflow-wrap: anywhere; } h2 { font-size
 table { border-collapse: collapse; font-size: 13px; width: 100%; }
 th, td { border: 1px solid var(--line); padding: 4px 7px; text-align: right; vertical-align: top; }
 thead th { background: var(--bg); text-align: center; font-weight: 600; vertical-align: bottom; }
-tbody th { background: #fbfcfd; text-align: left; font-weight: 600; } tbody th .group { display: block; }
+tbody th { background: #fbfcfd; text-align: left; font-weight: 600; min-width: 12em; }
+tbody th .group { display: block; }
 .legend { margin: 0 0 8px; }
 td.reasons { text-align: left; min-width: 12em; }
 tr.group-start > * { border-top: 2px solid #8c959f; }
