@@ -84,14 +84,16 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def _run_eval(args: argparse.Namespace) -> int:
     import json
+    import sys
+    from collections import Counter
 
     import gymnasium as gym
 
     from pyvision_env.errors import PyVisionError
 
     from .policies import make_policy
-    from .rollout import rollout
-    from .summary import format_table, summarize
+    from .rollout import TRAJECTORIES, read_records, rollout
+    from .summary import FAILED_END_REASONS, format_table, summarize
 
     for name in ("concurrency", "samples", "limit", "max_turns", "max_tokens"):
         value = getattr(args, name)
@@ -114,14 +116,22 @@ def _run_eval(args: argparse.Namespace) -> int:
         finally:
             policy.close()
     except (PyVisionError, gym.error.Error, ValueError, TypeError, OSError) as exc:
-        raise SystemExit(f"pyvision eval: {exc}") from exc
-    summary = summarize(records)
+        raise SystemExit(f"pyvision eval: {exc}") from None
     out = Path(args.out)
+    run = read_records(out / TRAJECTORIES)  # summary.json describes the directory, as the viewer shows it
+    summary = summarize(run)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(format_table(summary))
-    print(f"\n{len(records)} episodes in {out}/trajectories.jsonl; summary in {out}/summary.json; "
+    extra = f" ({len(run) - len(records)} more than this command asked for)" if len(run) > len(records) else ""
+    print(f"\n{len(run)} episodes in {out}/{TRAJECTORIES}{extra}; summary in {out}/summary.json; "
           f"see them with: pyvision view {out}")
-    return 0
+    failed = [r for r in records if r.get("end_reason") in FAILED_END_REASONS]
+    if failed:
+        causes = Counter(str(r.get("error") or r.get("end_reason")).splitlines()[-1][:200] for r in failed)
+        print(f"\npyvision eval: {len(failed)} of {len(records)} episodes failed and were not judged "
+              f"(running the same command again retries them):\n"
+              + "\n".join(f"  {n} x {cause}" for n, cause in causes.most_common(5)), file=sys.stderr)
+    return 1 if records and len(failed) == len(records) else 0
 
 
 def _json_object(text: str, flag: str) -> dict:
@@ -130,18 +140,21 @@ def _json_object(text: str, flag: str) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise SystemExit(f"pyvision eval: {flag} is not valid JSON: {exc}") from exc
+        raise SystemExit(f"pyvision eval: {flag} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise SystemExit(f"pyvision eval: {flag} must be a JSON object")
     return value
 
 
 def _add_view(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("view", help="write a self-contained HTML page of a run's trajectories",
-                       description="Write one HTML file (frames inline, code highlighted, outputs, rewards, "
-                       "filters by data source and correctness) that opens in any browser, offline.")
-    p.add_argument("run_dir", metavar="DIR", help="an output directory of pyvision eval")
-    p.add_argument("--out", metavar="FILE", help="where to write the page (default DIR/index.html)")
+    p = sub.add_parser("view", help="write a self-contained HTML page of a run, or of several runs compared",
+                       description="Write one HTML file that opens in any browser, offline: the summary, charts of "
+                       "tool calls, turns, visual tokens, accuracy by tool calls, end reasons and data sources, "
+                       "then every episode (frames inline, code highlighted, outputs, rewards). Several "
+                       "directories (checkpoints of a training run, two models) are compared side by side.")
+    p.add_argument("run_dirs", nargs="+", metavar="DIR", help="output directories of pyvision eval")
+    p.add_argument("--out", metavar="FILE", help="where to write the page (default DIR/index.html for one run, "
+                   "compare.html for several)")
     p.set_defaults(func=_run_view)
 
 
@@ -149,17 +162,20 @@ def _run_view(args: argparse.Namespace) -> int:
     from .viewer import write_html
 
     try:
-        path = write_html(args.run_dir, args.out)
+        path = write_html(args.run_dirs, args.out)
     except FileNotFoundError as exc:
-        raise SystemExit(f"pyvision view: {exc}") from exc
+        raise SystemExit(f"pyvision view: {exc}") from None
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); open {path.resolve().as_uri()} in a browser")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pyvision`` console script; returns the exit status."""
+    from pyvision_env import __version__
+
     parser = argparse.ArgumentParser(prog="pyvision", description="PyVision: Gymnasium environments for "
                                      "vision models that use Python code as their tool.")
+    parser.add_argument("--version", action="version", version=f"pyvision {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_demo(sub)
     _add_eval(sub)

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import ConfigError
+from .errors import ConfigError, describe_validation_error, did_you_mean
 
 AnswerType = Literal["choice", "number", "mra", "text", "math"]
 TaskSourceSpec = Union[str, "os.PathLike[str]", Sequence[Any]]
@@ -64,8 +64,9 @@ class Task(BaseModel):
         return None if answer is None else str(answer)
 
 
-def to_task(item: Task | dict[str, Any]) -> Task:
-    """Validate one task; the error names the bad field."""
+def to_task(item: Task | dict[str, Any], where: str = "") -> Task:
+    """Validate one task; the error names the task (its id, else ``where`` and its question), the bad key
+    and the closest valid one."""
     if isinstance(item, Task):
         return item
     if not isinstance(item, dict):
@@ -73,7 +74,35 @@ def to_task(item: Task | dict[str, Any]) -> Task:
     try:
         return Task(**item)
     except ValidationError as exc:
-        raise ConfigError(f"invalid task {item.get('id', '')!r}: {exc}") from exc
+        if item.get("id") is not None:
+            name = repr(item["id"])
+        else:
+            question = str(item.get("question") or "")
+            question = question if len(question) <= 40 else question[:40].rstrip() + "..."
+            name = " ".join(filter(None, [where, "without an id", f"(question {question!r})" if question else ""]))
+        problems = describe_validation_error(exc, Task)
+        keys = f"; a task holds {', '.join(Task.model_fields)}" if "unknown key" in problems else ""
+        raise ConfigError(f"invalid task {name}: {problems}{keys}") from None
+
+
+# The keys of a row of a task file: the Task fields plus the file layout's names for the media.
+_ROW_KEYS = frozenset({*Task.model_fields, "image_path", "video_path"})
+_MEDIA_KEYS = frozenset({"images", "image_path", "video", "video_path"})
+
+
+def _check_row_keys(row: dict[str, Any], where: str) -> None:
+    """Columns that are not task keys go to ``metadata`` (datasets carry many), but one that looks like a
+    misspelling of a key the row lacks (``image_pth`` without ``image_path``) is an error here, instead
+    of an env refusing the task much later for having no image."""
+    has_media = any(row.get(k) for k in _MEDIA_KEYS)
+    for key in row:
+        if key in _ROW_KEYS:
+            continue
+        lacking = [k for k in _ROW_KEYS if k != "id" and k not in row and not (k in _MEDIA_KEYS and has_media)]
+        hint = did_you_mean(str(key), lacking, cutoff=0.75)  # stricter than for configs: extra columns are normal
+        if hint:
+            raise ConfigError(f"{where}: unknown key {key!r}{hint}; a task row holds "
+                              f"{', '.join(sorted(_ROW_KEYS))} (other columns go to metadata)")
 
 
 class TaskList(Sequence[Task]):
@@ -81,7 +110,7 @@ class TaskList(Sequence[Task]):
 
     def __init__(self, items: Iterable[Task | dict[str, Any]], name: str = "tasks") -> None:
         self.name = name
-        self._tasks = [to_task(item) for item in items]
+        self._tasks = [to_task(item, f"#{i}") for i, item in enumerate(items)]
         if not self._tasks:
             raise ConfigError(f"the task source {name!r} holds no tasks")
 
@@ -115,6 +144,9 @@ def load_file(path: str) -> TaskList:
     answer_type``) in JSONL, JSON or parquet; relative media paths are resolved against the file."""
     rows = _read_rows(path)
     base = os.path.dirname(os.path.abspath(path))
+    for i, row in enumerate(rows):
+        if isinstance(row, dict):
+            _check_row_keys(row, f"{path}: row {i + 1}")
     return TaskList((_row_to_task(row, base, i) for i, row in enumerate(rows)), name=path)
 
 
@@ -156,8 +188,6 @@ def _row_to_task(row: dict[str, Any], base: str, index: int) -> Task:
     if isinstance(images, str):
         images = [images]
     video = row.get("video") or row.get("video_path")
-    known = {"id", "question", "answer", "answer_type", "choices", "data_source", "metadata", "images",
-             "image_path", "video", "video_path"}
     return to_task({
         "id": str(row.get("id", index)),
         "question": row.get("question", ""),
@@ -167,7 +197,7 @@ def _row_to_task(row: dict[str, Any], base: str, index: int) -> Task:
         "images": [resolve(p) for p in images],
         "video": resolve(video) if video else None,
         "data_source": row.get("data_source") or "unknown",
-        "metadata": {**(row.get("metadata") or {}), **{k: v for k, v in row.items() if k not in known}},
+        "metadata": {**(row.get("metadata") or {}), **{k: v for k, v in row.items() if k not in _ROW_KEYS}},
     })
 
 

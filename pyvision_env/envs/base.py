@@ -19,7 +19,7 @@ from gymnasium.error import ResetNeeded
 from pydantic import ValidationError
 
 from ..background import BackgroundLoop
-from ..errors import ConfigError
+from ..errors import ConfigError, describe_validation_error
 from ..protocol import ParsedTurn, format_interpreter_text, get_protocol
 from ..rewards import LLMJudge, RewardComponents, episode_reward, is_right, judge
 from ..sandbox import ExecutionResult, Session, get_sandbox
@@ -59,7 +59,8 @@ class PyVisionEnv(gym.Env[dict, str]):
         try:
             self.config = self.config_cls(**config)
         except ValidationError as exc:
-            raise ConfigError(f"invalid {self.env_id} config: {exc}") from exc
+            problems = describe_validation_error(exc, self.config_cls)
+            raise ConfigError(f"invalid {self.env_id} config: {problems}") from None  # one message, no chain
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ConfigError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.render_mode = render_mode
@@ -135,6 +136,7 @@ class PyVisionEnv(gym.Env[dict, str]):
             info["reward_components"] = asdict(components)
             info["judge_score"] = score
             info["prediction"] = ep.prediction
+            info["reference"] = ep.task.answer
             self._close_session()
         return {"text": text, "images": frames}, float(reward), terminated, truncated, info
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class ExecutionResult:
     """What one execution of the model's code produced. Failures of the code are data, not exceptions."""
 
@@ -33,6 +33,16 @@ class ExecutionResult:
     @property
     def ok(self) -> bool:
         return self.error is None and not self.timed_out and not self.crashed
+
+    def __repr__(self) -> str:
+        """Frames as their shapes: the pixels of a few frames would fill a terminal."""
+        frames = ", ".join(f"{'x'.join(map(str, f.shape))} {f.dtype}" for f in self.frames)
+        fields = [f"{name}={getattr(self, name)!r}" for name in ("stdout", "stderr", "error", "exec_time_s")]
+        fields.append(f"frames=({frames})")
+        fields.extend(f"{name}=True" for name in ("timed_out", "crashed", "restarted") if getattr(self, name))
+        if self.notes:
+            fields.append(f"notes={self.notes!r}")
+        return f"ExecutionResult({', '.join(fields)})"
 
 
 @dataclass(frozen=True)
