@@ -226,3 +226,40 @@ def test_sessions_of_a_closed_sandbox_refuse_work_and_start_nothing():
         s.execute("x = 1")
     assert sb.zygote_starts == 1  # no zygote was started again for the closed sandbox
     s.close()
+
+
+def test_a_forked_child_gets_its_own_sandbox_and_leaves_the_parents_alone(sandbox):
+    import multiprocessing
+    import os
+
+    from pyvision_env.errors import SandboxError
+    from pyvision_env.sandbox import get_sandbox
+
+    with sandbox.session() as s:
+        s.execute("kept = 'parent'")
+
+        def child(queue):
+            try:
+                sandbox.session()
+                queue.put("used the parent's sandbox")
+            except SandboxError as exc:
+                assert "fork" in str(exc)
+            own = get_sandbox()
+            assert own is not sandbox
+            with own.session() as mine:
+                queue.put(mine.execute("print(6 * 7)").stdout)
+            own.close()
+
+        queue = multiprocessing.get_context("fork").Queue()
+        proc = multiprocessing.get_context("fork").Process(target=child, args=(queue,))
+        proc.start()
+        proc.join(120)
+        assert proc.exitcode == 0 and queue.get(timeout=5) == "42\n"
+        pid = os.fork()
+        if pid == 0:  # what a plain fork's exit runs: the finalizers it inherited (atexit)
+            s._finalizer()
+            sandbox._finalizer()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        assert os.path.isdir(sandbox.scratch_root)
+        assert s.execute("print(kept)").stdout == "parent\n"

@@ -136,8 +136,9 @@ class Sandbox:
         self._zygote = ZygoteClient(isolation, use_namespaces, self.scratch_root, self._cgroups)
         self._images = _ImageStore(image_cache_mb << 20)
         self._pool = _WorkerPool(self, pool_size)
-        self._finalizer = weakref.finalize(self, Sandbox._cleanup, self._zygote, self._images, self._cgroups,
-                                           self._pool, self.scratch_root)
+        self._pid = os.getpid()
+        self._finalizer = weakref.finalize(self, Sandbox._cleanup, self._pid, self._zygote, self._images,
+                                           self._cgroups, self._pool, self.scratch_root)
 
     @property
     def isolation(self) -> IsolationReport:
@@ -160,6 +161,9 @@ class Sandbox:
         """
         if self.closed:
             raise SandboxError("this Sandbox is closed")
+        if os.getpid() != self._pid:
+            raise SandboxError(f"this Sandbox belongs to process {self._pid}, and this is a fork of it; call "
+                               "get_sandbox() here for one of this process's own")
         return Session(self, list(images), None if video is None else os.fspath(video), config or SandboxConfig())
 
     async def asession(self, images: Sequence[ImageLike] = (), video: str | os.PathLike[str] | None = None,
@@ -231,8 +235,10 @@ class Sandbox:
         return _Worker(ours, hello.pid, zpid, pidfd, report, cgroup)
 
     @staticmethod
-    def _cleanup(zygote: ZygoteClient, images: _ImageStore, cgroups: Cgroups | None, pool: _WorkerPool,
+    def _cleanup(owner: int, zygote: ZygoteClient, images: _ImageStore, cgroups: Cgroups | None, pool: _WorkerPool,
                  scratch_root: str) -> None:
+        if os.getpid() != owner:  # a forked child exiting: all of this is its parent's
+            return
         pool.close()
         zygote.close()
         images.clear()
@@ -252,8 +258,21 @@ _shared: dict[tuple[str, bool], Sandbox] = {}
 _shared_lock = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    """A forked child (multiprocessing, Gymnasium's AsyncVectorEnv) must not drive its parent's zygote,
+    workers, reaper or threads: it forgets them, closing nothing of the parent's, and makes its own on use."""
+    global _reaper, _executor, _executor_lock, _shared_lock
+    _shared.clear()
+    _reaper = Reaper()
+    _executor, _executor_lock, _shared_lock = None, threading.Lock(), threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def get_sandbox(isolation: IsolationMode = "auto", use_namespaces: bool = True) -> Sandbox:
-    """The process-wide Sandbox for these settings (one zygote per setting per host process)."""
+    """The process-wide Sandbox for these settings (one zygote per setting per host process; a forked
+    child gets its own)."""
     with _shared_lock:
         key = (isolation, use_namespaces)
         if key not in _shared or _shared[key].closed:
@@ -393,7 +412,7 @@ class Session:
         self.scratch_dir: str = _rootfs.HOME if private_root else host_scratch
         """The code's working directory and $HOME, as the code sees it. With a private root it is a tmpfs
         inside the worker's mount namespace (not on the host's disk); otherwise a host directory."""
-        self._state: dict[str, Any] = {"worker": None, "scratch": host_scratch}
+        self._state: dict[str, Any] = {"worker": None, "scratch": host_scratch, "owner": os.getpid()}
         self._finalizer = weakref.finalize(self, Session._cleanup, self._state)
         try:
             self._state["worker"] = self._spawn()
@@ -633,6 +652,8 @@ class Session:
 
     @staticmethod
     def _cleanup(state: dict[str, Any]) -> None:
+        if os.getpid() != state["owner"]:  # a forked child exiting: the worker is its parent's
+            return
         worker: _Worker | None = state["worker"]
         state["worker"] = None
         if worker is not None:
