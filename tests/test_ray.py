@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
+import importlib.util
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import psutil
 import pytest
+from PIL import Image
 
 ray = pytest.importorskip("ray")
 from media_utils import make_video  # noqa: E402
@@ -183,6 +188,27 @@ def test_videos_travel_to_the_node_and_bad_inputs_fail_clearly(backend, tmp_path
         backend.session(images=[tmp_path / "missing.png"])
 
 
+def test_image_files_reach_every_node_exactly_and_a_changed_file_is_sent_again(cluster, backend, tmp_path):
+    """A GRPO group opens the same image file on several nodes: each gets the exact pixels (the node keeps
+    a raw copy); rewriting the file sends the new pixels."""
+    path = tmp_path / "photo.png"
+    y, x = np.mgrid[0:48, 0:64]
+    first = np.stack([x * 3, y * 5, (x * y) % 256], axis=-1).astype(np.uint8)
+    Image.fromarray(first).save(path)
+    check = "import hashlib\nprint(hashlib.sha256(np.asarray(image_clue_0).tobytes()).hexdigest())"
+    for pixels in (first, 255 - first):
+        Image.fromarray(pixels).save(path)
+        os.utime(path, ns=(time.time_ns(), time.time_ns()))
+        group = [backend.session(images=[path]) for _ in range(6)]
+        try:
+            assert {s.node for s in group} == set(node_cpus(cluster))
+            digests = {s.execute(check).stdout.strip() for s in group}
+        finally:
+            for s in group:
+                s.close()
+        assert digests == {hashlib.sha256(pixels.tobytes()).hexdigest()}
+
+
 def node_cpus_of(backend) -> set[str]:
     return {n["node_id"] for n in backend.nodes()}
 
@@ -206,6 +232,26 @@ def test_pyvision_eval_runs_its_episodes_on_the_cluster(backend, tmp_path, capsy
     assert len(records) == 4 and all(r["correct"] and r["error"] is None for r in records)
     assert sum(n["opened"] for n in backend.nodes()) - before == 4
     assert "4 episodes in" in capsys.readouterr().out
+
+
+def test_ray_benchmark_reports_latency_and_throughput_beside_local(backend, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("bench_ray", Path(ROOT) / "benchmarks" / "bench_ray.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--levels", "4", "--repeat", "2", "--latency-runs", "3", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert len(report["latency"]) == 3 and len(report["nodes"]) == len(NODE_CPUS)
+    for row in report["latency"]:
+        for b in ("local", "ray"):
+            assert row[b]["runs"] == 3 and row[b]["p99_s"] >= row[b]["p50_s"] > 0
+        assert row["ratio_p50"] == row["ray"]["p50_s"] / row["local"]["p50_s"]
+    local, remote = report["throughput"]
+    assert (local["backend"], remote["backend"]) == ("local", "ray")
+    assert len(remote["runs_episodes_per_s"]) == 2 and sum(remote["episodes_per_node"]) == 2 * 4
+    assert remote["vs_local"] == remote["episodes_per_s"] / local["episodes_per_s"]
+    table = capsys.readouterr().out
+    assert "ray / local (p50)" in table and table.count("| 4 |") == 2
 
 
 def test_a_frozen_node_fails_its_episode_within_the_deadline_and_its_actor_is_replaced(cluster, backend):
@@ -281,7 +327,7 @@ def test_nothing_is_left_running_after_shutdown(cluster, backend):
     backend.close()
     gone, alive = psutil.wait_procs(procs, timeout=60)
     assert alive == []
-    assert not any(os.path.exists(n["scratch_root"]) for n in nodes)
+    assert not any(os.path.exists(n["scratch_root"]) or os.path.exists(n["inputs_root"]) for n in nodes)
     with pytest.raises(SandboxError, match="closed"):
         backend.session()
     assert get_ray_backend() is not backend  # a closed backend is replaced on the next use

@@ -8,8 +8,9 @@ the episode's ``memory_limit_mb`` only when no other has it) and pins it there: 
 :class:`RaySession` sends every execution to that node's actor.
 
 - Transfer: code and text travel in the actor call; input images (decoded once per driver and file)
-  and videos (the file's bytes, written once per node) go through Ray's object store as numpy arrays,
-  and frames come back the same way (zero-copy reads). Nothing is PNG-encoded.
+  and videos (the file's bytes) go through Ray's object store as numpy arrays and are written once per
+  node (images as raw pixels), and frames come back through the store (zero-copy reads). Nothing is
+  PNG-encoded.
 - Async: :meth:`RayBackend.asession` and :meth:`RaySession.aexecute` await the object refs on the
   caller's event loop; no thread waits for a node.
 - Faults: every remote call has a deadline derived from the execution timeout (:func:`call_deadline`).
@@ -43,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import ray
+from PIL import Image
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ..errors import MediaError, PyVisionError, SandboxError, SandboxStartError, SessionClosedError
@@ -56,8 +58,12 @@ _REFRESH_S = 2.0  # how often a reset looks for nodes that joined or left
 _START_TIMEOUT_S = 180.0  # an actor's start: a Python process, imports, the zygote (font cache on a new node)
 _ACTOR_CONCURRENCY = 4096  # calls one node's actor serves at once (each waits on a socket in a thread)
 _INPUT_CACHE_BYTES = 1 << 30  # decoded images and video files kept in the object store by the driver
-_VIDEO_CACHE_BYTES = 8 << 30  # video files kept on each node's disk (those in use are never removed)
+_NODE_FILES_BYTES = 8 << 30  # input files kept on each node's disk (those in use are never removed)
 _ACTOR_NAME = "pyvision-sandbox:{isolation}:{node_id}"
+
+_Input = tuple[str | None, str, list[ray.ObjectRef]]
+"""An input on its way to a node: (digest naming its file there, or None for an in-memory image; file
+name; [object ref of the pixels or the file's bytes])."""
 
 
 def call_deadline(config: SandboxConfig, timeout: float | None = None) -> float:
@@ -82,10 +88,10 @@ class NodeSandbox:
 
     def __init__(self, isolation: IsolationMode) -> None:
         self._sandbox = Sandbox(isolation)
-        self._sessions: dict[int, tuple[Session, str | None]] = {}
+        self._sessions: dict[int, tuple[Session, list[str]]] = {}
         self._ids = itertools.count(1)
         self._opened = 0
-        self._videos = _VideoFiles(tempfile.mkdtemp(prefix="pyvision-videos-"), _VIDEO_CACHE_BYTES)
+        self._files = _NodeFiles(tempfile.mkdtemp(prefix="pyvision-inputs-"), _NODE_FILES_BYTES)
 
     async def hello(self) -> dict[str, Any]:
         """Start the zygote (the first episode does not wait for it) and say who this is."""
@@ -95,26 +101,34 @@ class NodeSandbox:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         isolation = await asyncio.get_running_loop().run_in_executor(_thread_pool(), lambda: self._sandbox.isolation)
         return {"hostname": socket.gethostname(), "pid": os.getpid(), "isolation": isolation,
-                "scratch_root": self._sandbox.scratch_root, **self._load()}
+                "scratch_root": self._sandbox.scratch_root, "inputs_root": self._files.root, **self._load()}
 
     async def status(self) -> dict[str, Any]:
         return self._load()
 
-    async def open(self, images: list[ray.ObjectRef], video: tuple[str, str, list[ray.ObjectRef]] | None,
-                   config: SandboxConfig) -> dict[str, Any]:
-        """Open an episode; the refs are nested so that a video already on this node is not fetched again."""
-        arrays = list(await asyncio.gather(*images))
-        path = None if video is None else await self._videos.acquire(*video)
+    async def open(self, images: list[_Input], video: _Input | None, config: SandboxConfig) -> dict[str, Any]:
+        """Open an episode. Inputs with a file key become files of this node (written once, so the
+        sandbox's own image cache maps a GRPO group's image once); in-memory images come as arrays."""
+        held: list[str] = []
         try:
-            session = await self._sandbox.asession(arrays, path, config)
+            inputs = [await self._local(item, held) for item in images]
+            path = None if video is None else await self._local(video, held)
+            session = await self._sandbox.asession(inputs, path, config)
         except BaseException:
-            if video is not None:
-                self._videos.release(video[0])
+            self._files.release(held)
             raise
         sid = next(self._ids)
-        self._sessions[sid] = (session, None if video is None else video[0])
+        self._sessions[sid] = (session, held)
         self._opened += 1
         return {"sid": sid, "isolation": session.isolation, **self._load()}
+
+    async def _local(self, item: _Input, held: list[str]) -> Any:
+        digest, name, box = item
+        if digest is None:
+            return await box[0]
+        path = await self._files.acquire(digest, name, box[0])
+        held.append(digest)
+        return path
 
     async def execute(self, sid: int, code: str, timeout: float) -> ExecutionResult:
         return await self._session(sid).aexecute(code, timeout)
@@ -124,18 +138,17 @@ class NodeSandbox:
 
     async def close(self, sid: int) -> None:
         """Close a session (idempotent; the driver does not wait for it)."""
-        session, video = self._sessions.pop(sid, (None, None))
+        session, held = self._sessions.pop(sid, (None, []))
         if session is not None:
             await session.aclose()
-        if video is not None:
-            self._videos.release(video)
+        self._files.release(held)
 
     async def shutdown(self) -> None:
         """Close every session and the zygote, and remove the node's scratch and video files."""
         for sid in list(self._sessions):
             await self.close(sid)
         self._sandbox.close()
-        self._videos.clear()
+        self._files.clear()
 
     def _session(self, sid: int) -> Session:
         try:
@@ -160,30 +173,31 @@ def _mem_available() -> int:
 
 
 @dataclass
-class _VideoFile:
+class _NodeFile:
     written: asyncio.Future[str]
     users: int = 0
     size: int = 0
 
 
-class _VideoFiles:
-    """The node's copies of the episodes' videos (the driver sends each file's bytes once per node).
+class _NodeFiles:
+    """The node's copies of the episodes' input files: a video's bytes as they are, an image's decoded
+    pixels as a raw PPM (nothing to decode again). Each is fetched and written once per node.
 
     Unused copies are removed, oldest first, once they hold more than ``capacity`` bytes. Runs on the
     actor's event loop only, so it needs no lock.
     """
 
     def __init__(self, root: str, capacity: int) -> None:
-        self._root = root
+        self.root = root
         self._capacity = capacity
-        self._files: OrderedDict[str, _VideoFile] = OrderedDict()
+        self._files: OrderedDict[str, _NodeFile] = OrderedDict()
         self._bytes = 0
 
-    async def acquire(self, digest: str, name: str, box: list[ray.ObjectRef]) -> str:
-        """The local path of the video (written now if it is new here); :meth:`release` it after use."""
+    async def acquire(self, digest: str, name: str, ref: ray.ObjectRef) -> str:
+        """The local path of the input (written now if it is new here); :meth:`release` it after use."""
         entry = self._files.get(digest)
         if entry is None:
-            entry = self._files[digest] = _VideoFile(asyncio.ensure_future(self._write(digest, name, box[0])))
+            entry = self._files[digest] = _NodeFile(asyncio.ensure_future(self._write(digest, name, ref)))
         self._files.move_to_end(digest)
         entry.users += 1
         try:
@@ -196,20 +210,23 @@ class _VideoFiles:
 
     async def _write(self, digest: str, name: str, ref: ray.ObjectRef) -> str:
         data: np.ndarray = await ref
-        folder = os.path.join(self._root, digest)
+        folder = os.path.join(self.root, digest)
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, name)
-        await asyncio.get_running_loop().run_in_executor(_thread_pool(), data.tofile, path)
+        write = (lambda: Image.fromarray(data).save(path, format="PPM")) if data.ndim == 3 else \
+            (lambda: data.tofile(path))
+        await asyncio.get_running_loop().run_in_executor(_thread_pool(), write)
         self._files[digest].size = data.nbytes
         self._bytes += data.nbytes
         self._evict()
         return path
 
-    def release(self, digest: str) -> None:
-        entry = self._files.get(digest)
-        if entry is not None:
-            entry.users -= 1
-            self._evict()
+    def release(self, digests: list[str]) -> None:
+        for digest in digests:
+            entry = self._files.get(digest)
+            if entry is not None:
+                entry.users -= 1
+        self._evict()
 
     def _evict(self) -> None:
         for digest, entry in list(self._files.items()):
@@ -218,12 +235,12 @@ class _VideoFiles:
             if entry.users == 0 and entry.written.done():
                 del self._files[digest]
                 self._bytes -= entry.size
-                shutil.rmtree(os.path.join(self._root, digest), ignore_errors=True)
+                shutil.rmtree(os.path.join(self.root, digest), ignore_errors=True)
 
     def clear(self) -> None:
         self._files.clear()
         self._bytes = 0
-        shutil.rmtree(self._root, ignore_errors=True)
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 # -- on the driver -----------------------------------------------------------------------------------
@@ -255,8 +272,10 @@ class _Actor:
 
 
 class _Inputs:
-    """Object refs of input images (decoded pixels) and video files (their bytes) per file (path, mtime,
-    size), so the n episodes of a GRPO group send an input once. In-memory images are put each time."""
+    """Input images (decoded pixels) and video files (their bytes) in the object store, kept per file
+    (path, mtime, size) so the n episodes of a GRPO group put an input once; in-memory images are put
+    each time. Each input travels as :data:`_Input`, the ref nested so that Ray does not fetch it
+    for a node that has the file already."""
 
     def __init__(self, capacity_bytes: int) -> None:
         self._capacity = capacity_bytes
@@ -264,17 +283,15 @@ class _Inputs:
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def image(self, image: ImageLike) -> ray.ObjectRef:
+    def image(self, image: ImageLike) -> _Input:
         if isinstance(image, (str, os.PathLike)):
-            key = ("image", *_file_key(image, "image"))
-            return self._cached(key, lambda: to_rgb_array(key[1]))
-        return ray.put(to_rgb_array(image))
+            key = ("image", *_file_key(image, "image"), socket.gethostname())
+            return _digest(key), "image.ppm", [self._cached(key, lambda: to_rgb_array(key[1]))]
+        return None, "", [ray.put(to_rgb_array(image))]
 
-    def video(self, video: str | os.PathLike[str]) -> tuple[str, str, list[ray.ObjectRef]]:
-        """(digest naming the file on the nodes, file name, [ref of its bytes]) for :meth:`NodeSandbox.open`."""
+    def video(self, video: str | os.PathLike[str]) -> _Input:
         key = ("video", *_file_key(video, "video"), socket.gethostname())
-        ref = self._cached(key, lambda: np.fromfile(key[1], np.uint8))
-        return hashlib.sha256(repr(key).encode()).hexdigest()[:32], os.path.basename(key[1]), [ref]
+        return _digest(key), os.path.basename(key[1]), [self._cached(key, lambda: np.fromfile(key[1], np.uint8))]
 
     def _cached(self, key: tuple[Any, ...], load: Any) -> ray.ObjectRef:
         with self._lock:
@@ -295,6 +312,11 @@ class _Inputs:
         with self._lock:
             self._refs.clear()
             self._bytes = 0
+
+
+def _digest(key: tuple[Any, ...]) -> str:
+    """A name for the file on the nodes: the same input from the same driver host gets the same one."""
+    return hashlib.sha256(repr(key).encode()).hexdigest()[:32]
 
 
 def _file_key(path: str | os.PathLike[str], kind: str) -> tuple[str, int, int]:
@@ -405,13 +427,14 @@ class RayBackend:
 
     def nodes(self) -> list[dict[str, Any]]:
         """What each ready node's actor reports now: node id, address, hostname, CPUs, open sessions,
-        sessions opened so far, available memory, the actor's pid and scratch root."""
+        sessions opened so far, available memory, the actor's pid, scratch and input-file folders."""
         with self._lock:
             self._greet_started()
             actors = [a for a in self._actors.values() if a.hello is not None]
         loads = ray.get([a.handle.status.remote() for a in actors], timeout=60)
         return [{"node_id": a.node_id, "address": a.address, "hostname": a.hello["hostname"], "cpus": a.cpus,
-                 "pid": a.hello["pid"], "scratch_root": a.hello["scratch_root"], **load}
+                 "pid": a.hello["pid"], "scratch_root": a.hello["scratch_root"],
+                 "inputs_root": a.hello["inputs_root"], **load}
                 for a, load in zip(actors, loads)]
 
     def close(self) -> None:
@@ -443,7 +466,7 @@ class RayBackend:
                       handle.hello.remote().future())
 
     def _prepare(self, images: Sequence[ImageLike], video: str | os.PathLike[str] | None
-                 ) -> tuple[list[ray.ObjectRef], tuple[str, str, list[ray.ObjectRef]] | None]:
+                 ) -> tuple[list[_Input], _Input | None]:
         """Look for new or lost nodes when due, and put the inputs in the object store (blocking work)."""
         if time.monotonic() >= self._next_refresh or not self._actors:
             self.refresh(wait=False)
