@@ -140,7 +140,7 @@ def throughput(image: str, level: int, repeat: int) -> list[dict]:
 
 
 def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.3g} ms"
+    return f"{seconds * 1000:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
 
 
 def tables(lat: list[dict], thr: list[dict]) -> str:
@@ -150,7 +150,7 @@ def tables(lat: list[dict], thr: list[dict]) -> str:
         lines.append(f"| {r['measurement']} | {_ms(r['local']['p50_s'])} | {_ms(r['local']['p99_s'])} | "
                      f"{_ms(r['ray']['p50_s'])} | {_ms(r['ray']['p99_s'])} | {r['ratio_p50']:.2f}x |")
     lines += ["", "| concurrent episodes | backend | episodes/s | steps/s | ray / local | episode p50 | episode p99 | "
-              "episodes per node |", "|---|---|---|---|---|---|---|---|"]
+              "episodes per node (all runs) |", "|---|---|---|---|---|---|---|---|"]
     for r in thr:
         ratio = f"{r['vs_local']:.2f}x" if "vs_local" in r else "-"
         spread = " / ".join(map(str, r["episodes_per_node"])) if r["backend"] == "ray" else "-"

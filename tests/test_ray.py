@@ -234,6 +234,34 @@ def test_pyvision_eval_runs_its_episodes_on_the_cluster(backend, tmp_path, capsy
     assert "4 episodes in" in capsys.readouterr().out
 
 
+def test_the_jobs_other_processes_share_the_node_actors(backend):
+    """A Ray task of the same job (as verl's agent-loop workers are) finds the node actors by name:
+    its episode runs on one of them, and no actor is added."""
+
+    @ray.remote
+    def episode_in_another_process() -> tuple[int, str]:  # defined here: Ray sends it by value
+        import os
+
+        import gymnasium as gym
+
+        import pyvision_env  # noqa: F401, F811  (registers the envs in that process)
+
+        env = gym.make("PyVisionImage-v0", sandbox_backend="ray")
+        try:
+            _, info = env.reset(seed=0)
+            obs, *_ = env.step("<code>\n```python\nprint(6 * 7)\n```\n</code>")
+            return os.getpid(), info["sandbox_node"] if "42\n" in obs["text"] else obs["text"]
+        finally:
+            env.close()
+
+    before = {n["node_id"]: n for n in backend.nodes()}
+    pid, node = ray.get(episode_in_another_process.remote(), timeout=300)
+    after = {n["node_id"]: n for n in backend.nodes()}
+    assert pid != os.getpid() and node in before
+    assert {k: n["pid"] for k, n in after.items()} == {k: n["pid"] for k, n in before.items()}
+    assert after[node]["opened"] == before[node]["opened"] + 1
+
+
 def test_ray_benchmark_reports_latency_and_throughput_beside_local(backend, tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("bench_ray", Path(ROOT) / "benchmarks" / "bench_ray.py")
     bench = importlib.util.module_from_spec(spec)
