@@ -77,6 +77,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy-config", default="{}", metavar="JSON", help="more policy constructor arguments as a "
                    'JSON object, e.g. \'{"engine_kwargs": {"max_model_len": 8192}}\' for vllm or '
                    '\'{"timeout_s": 300}\' for openai')
+    p.add_argument("--sandbox-backend", choices=("local", "ray"), help="where the code runs: local (this machine, "
+                   "the default) or ray (the nodes of the running Ray cluster: RAY_ADDRESS or a local `ray start`)")
     p.add_argument("--no-frames", action="store_true", help="do not save frames as files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_eval)
@@ -104,6 +106,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     env_kwargs["tasks"] = args.tasks
     if args.max_turns is not None:
         env_kwargs["max_turns"] = args.max_turns
+    if args.sandbox_backend is not None:
+        env_kwargs["sandbox_backend"] = args.sandbox_backend
     sampling = {k: v for k, v in (("temperature", args.temperature), ("top_p", args.top_p),
                                   ("max_tokens", args.max_tokens)) if v is not None}
     try:

@@ -326,3 +326,20 @@ def test_concurrent_timeouts_do_not_disturb_other_episodes(sandbox):
     for t in threads:
         t.join()
     assert outputs == {i: "".join(f"{i + k}\n" for k in range(20)) for i in range(4)}
+
+
+def test_interrupts_work_when_the_host_blocks_sigint():
+    """Ray blocks SIGINT in its workers; a blocked signal survives fork and exec, so a zygote started
+    there must unblock it, or every timeout would kill the interpreter and lose its state."""
+    script = textwrap.dedent("""
+        import signal
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        from pyvision_env.sandbox import Sandbox, SandboxConfig
+        with Sandbox() as sb, sb.session(config=SandboxConfig(exec_timeout_s=1.0)) as s:
+            s.execute("kept = 1")
+            r = s.execute("while True:\\n    pass")
+            print(r.timed_out, r.restarted, s.execute("print(kept)").stdout.strip())
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "True False 1", out.stdout + out.stderr

@@ -1,13 +1,14 @@
 """The episode logic both envs share: parse a turn, run its code, score the answer.
 
-An episode owns one sandbox session (a forked interpreter with the inputs loaded); it is closed as
-soon as the episode ends, so thousands of finished episodes hold no processes.
+An episode owns one sandbox session (a forked interpreter with the inputs loaded), opened by the env's
+sandbox backend (``local``: this process's zygote; ``ray``: a node of the Ray cluster); it is closed as
+soon as the episode ends, so thousands of finished episodes hold no processes. ``reset``/``step`` and
+``areset``/``astep`` share every part but the calls into the session, which the async API awaits.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
@@ -22,8 +23,9 @@ from ..background import BackgroundLoop
 from ..errors import ConfigError, describe_validation_error
 from ..protocol import ParsedTurn, format_interpreter_text, get_protocol
 from ..rewards import LLMJudge, RewardComponents, episode_reward, is_right, judge
-from ..sandbox import ExecutionResult, Session, get_sandbox
+from ..sandbox import ExecutionResult
 from ..sandbox._sandbox import _thread_pool
+from ..sandbox.backend import EpisodeSession, get_backend
 from ..tasks import Task, load_tasks, to_task
 from ..visual_tokens import get_rule
 from .config import EnvConfig
@@ -36,7 +38,7 @@ _MAX_OBS_CHARS = 10_000_000
 @dataclass
 class _Episode:
     task: Task
-    session: Session | None
+    session: EpisodeSession | None
     turn: int = 0
     n_tool_calls: int = 0
     n_format_errors: int = 0
@@ -54,6 +56,8 @@ class PyVisionEnv(gym.Env[dict, str]):
     env_id: ClassVar[str]
     modality: ClassVar[str]
     config_cls: ClassVar[type[EnvConfig]]
+    reset_code: ClassVar[str | None] = None
+    """Code run in the fresh interpreter at reset; its result goes to :meth:`_first_observation`."""
 
     def __init__(self, render_mode: str | None = None, **config: Any) -> None:
         try:
@@ -67,7 +71,7 @@ class PyVisionEnv(gym.Env[dict, str]):
         self.tasks = load_tasks(self.config.tasks, self.modality)
         self.protocol = get_protocol(self.config.dialect, image_placeholder=self.config.image_placeholder)
         self._token_rule = get_rule(self.config.visual_token_rule)
-        self._sandbox = get_sandbox(isolation=self.config.isolation)
+        self._backend = get_backend(self.config.sandbox_backend, self.config.isolation, self.config.ray_node_resource)
         self._llm_judge = LLMJudge(self.config.llm_judge) if self.config.judge == "llm" else None
         self.action_space = UnicodeText(_MAX_TURN_CHARS)
         self.observation_space = spaces.Dict({"text": UnicodeText(_MAX_OBS_CHARS),
@@ -79,38 +83,73 @@ class PyVisionEnv(gym.Env[dict, str]):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         """Start an episode with ``options={"task": {...}}``, ``{"task_index": i}``, or a task drawn
         with the seeded RNG. Raises MediaError naming a missing or corrupt input file."""
+        task = self._begin_reset(seed, options)
+        self._episode = _Episode(task=task, session=self._backend.session(
+            images=task.images, video=task.video, config=self.config.sandbox_config()))
+        try:
+            result = self._episode.session.execute(self.reset_code) if self.reset_code else None
+            return self._finish_reset(result)
+        except BaseException:
+            self._end_episode()
+            raise
+
+    def step(self, action: str) -> tuple[dict, float, bool, bool, dict]:
+        ep, parsed = self._begin_step(action)
+        result = ep.session.execute(parsed.code) if parsed.answer is None and parsed.code is not None else None
+        return self._finish_step(ep, parsed, result)
+
+    async def areset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
+        """:meth:`reset` without blocking the event loop: the session (on a Ray node too) is awaited, the
+        rest (closing the previous episode, decoding inputs) runs in a thread."""
+        loop = asyncio.get_running_loop()
+        task = await loop.run_in_executor(_thread_pool(), self._begin_reset, seed, options)
+        self._episode = _Episode(task=task, session=await self._backend.asession(
+            images=task.images, video=task.video, config=self.config.sandbox_config()))
+        try:
+            result = await self._episode.session.aexecute(self.reset_code) if self.reset_code else None
+            return await loop.run_in_executor(_thread_pool(), self._finish_reset, result)
+        except BaseException:
+            self._end_episode()
+            raise
+
+    async def astep(self, action: str) -> tuple[dict, float, bool, bool, dict]:
+        """:meth:`step` without blocking the event loop: the code runs while other episodes generate."""
+        ep, parsed = self._begin_step(action)
+        result = await ep.session.aexecute(parsed.code) if parsed.answer is None and parsed.code is not None else None
+        return await asyncio.get_running_loop().run_in_executor(_thread_pool(), self._finish_step, ep, parsed, result)
+
+    def _begin_reset(self, seed: int | None, options: dict[str, Any] | None) -> Task:
         super().reset(seed=seed)
         self._end_episode()
         task = self._pick_task(options or {})
         self._check_task(task)
-        session = self._sandbox.session(images=task.images, video=task.video, config=self.config.sandbox_config())
-        self._episode = _Episode(task=task, session=session)
-        try:
-            text, images, extra = self._first_observation(task, session)
-        except BaseException:
-            self._end_episode()
-            raise
+        return task
+
+    def _finish_reset(self, reset_result: ExecutionResult | None) -> tuple[dict, dict]:
         ep = self._episode
+        text, images, extra = self._first_observation(ep.task, reset_result)
         ep.n_images = len(images)
         ep.visual_tokens = self._tokens(images)
         ep.last_frames = images
         info = self._info(None)
-        info.update(extra, isolation=str(session.isolation))
+        info.update(extra, isolation=str(ep.session.isolation), sandbox_node=self._backend.node_of(ep.session))
         return {"text": text, "images": tuple(np.array(i) for i in images)}, info
 
-    def step(self, action: str) -> tuple[dict, float, bool, bool, dict]:
+    def _begin_step(self, action: str) -> tuple[_Episode, ParsedTurn]:
         ep = self._running_episode()
         if not isinstance(action, str):
             raise TypeError(f"an action is the model's turn as a str, got {type(action).__name__}")
         ep.turn += 1
-        parsed = self.protocol.parse(action)
-        result: ExecutionResult | None = None
+        return ep, self.protocol.parse(action)
+
+    def _finish_step(self, ep: _Episode, parsed: ParsedTurn, result: ExecutionResult | None
+                     ) -> tuple[dict, float, bool, bool, dict]:
+        """The step's observation, reward and info from the turn and what its code did (None: no code ran)."""
         terminated = False
         frames: tuple[np.ndarray, ...] = ()
         if parsed.answer is not None:
             text, ep.prediction, ep.end_reason, terminated = "", parsed.answer, "answered", True
-        elif parsed.code is not None:
-            result = ep.session.execute(parsed.code)
+        elif result is not None:
             ep.n_tool_calls += 1
             frames = result.frames
             text = self.protocol.format_observation(
@@ -139,15 +178,6 @@ class PyVisionEnv(gym.Env[dict, str]):
             info["reference"] = ep.task.answer
             self._close_session()
         return {"text": text, "images": frames}, float(reward), terminated, truncated, info
-
-    async def areset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
-        """:meth:`reset` without blocking the event loop (for concurrent rollouts)."""
-        return await asyncio.get_running_loop().run_in_executor(
-            _thread_pool(), functools.partial(self.reset, seed=seed, options=options))
-
-    async def astep(self, action: str) -> tuple[dict, float, bool, bool, dict]:
-        """:meth:`step` without blocking the event loop: the code runs while other episodes generate."""
-        return await asyncio.get_running_loop().run_in_executor(_thread_pool(), self.step, action)
 
     def render(self) -> np.ndarray | None:
         """The latest frame the model saw (input image at reset, last frame shown since), as RGB."""
@@ -178,8 +208,9 @@ class PyVisionEnv(gym.Env[dict, str]):
     def _check_task(self, task: Task) -> None:
         raise NotImplementedError
 
-    def _first_observation(self, task: Task, session: Session) -> tuple[str, tuple[np.ndarray, ...], dict]:
-        """Text, images and extra info of the reset observation."""
+    def _first_observation(self, task: Task, reset_result: ExecutionResult | None
+                           ) -> tuple[str, tuple[np.ndarray, ...], dict]:
+        """Text, images and extra info of the reset observation (``reset_result``: what :attr:`reset_code` did)."""
         raise NotImplementedError
 
     def _tokens(self, images: tuple[np.ndarray, ...]) -> int:

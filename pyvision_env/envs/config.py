@@ -49,6 +49,12 @@ class EnvConfig(BaseModel):
     isolation: Literal["auto", "strict", "none"] = Field(
         "auto", description="Sandbox isolation: auto (the strongest this kernel allows, warning about gaps), "
         "strict (refuse to start with a gap), none (debugging only). See the README's threat model.")
+    sandbox_backend: Literal["local", "ray"] = Field(
+        "local", description="Where the episodes' interpreters run: local (forked from this process's zygote) or "
+        "ray (on actors spread over the nodes of the running Ray cluster; pip install 'pyvision[ray]').")
+    ray_node_resource: str | None = Field(
+        None, min_length=1, description="With sandbox_backend='ray': only the nodes offering this Ray resource "
+        "run interpreters (e.g. CPU-only nodes started with --resources='{\"pyvision_sandbox\": 1}').")
 
     @field_validator("dialect")
     @classmethod
@@ -65,6 +71,8 @@ class EnvConfig(BaseModel):
     def model_post_init(self, _context: Any) -> None:
         if self.judge == "llm" and self.llm_judge is None:
             raise ValueError("judge='llm' needs llm_judge={'base_url': ..., 'model': ...}")
+        if self.ray_node_resource is not None and self.sandbox_backend != "ray":
+            raise ValueError("ray_node_resource is only used with sandbox_backend='ray'")
 
     def sandbox_config(self) -> SandboxConfig:
         return SandboxConfig(exec_timeout_s=self.exec_timeout_s, memory_limit_mb=self.memory_limit_mb,

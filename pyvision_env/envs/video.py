@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import ConfigError, MediaError
 from ..prompts import VideoFacts, system_prompt, video_user_prompt
-from ..sandbox import Session
+from ..sandbox import ExecutionResult
 from ..tasks import Task
 from ..visual_tokens import uniform_sampling_tokens
 from .base import PyVisionEnv
@@ -26,14 +26,15 @@ class PyVisionVideoEnv(PyVisionEnv):
     modality = "video"
     config_cls = VideoEnvConfig
     config: VideoEnvConfig
+    reset_code = _FACTS_CODE
 
     def _check_task(self, task: Task) -> None:
         if task.video is None or task.images:
             raise ConfigError(f"{self.env_id} needs tasks with a video and no images; task {task.id!r} has "
                               f"video={task.video!r} and {len(task.images)} image(s)")
 
-    def _first_observation(self, task: Task, session: Session) -> tuple[str, tuple[np.ndarray, ...], dict]:
-        result = session.execute(_FACTS_CODE)
+    def _first_observation(self, task: Task, result: ExecutionResult | None
+                           ) -> tuple[str, tuple[np.ndarray, ...], dict]:
         try:
             frames, fps, height, width = json.loads(result.stdout)
         except (ValueError, TypeError) as exc:

@@ -197,6 +197,11 @@ def _reap(children: set[int], statuses: OrderedDict[int, int]) -> None:
 
 
 def main() -> None:
+    # A blocked or ignored signal survives fork and exec: a host that runs in a Ray worker (which blocks
+    # SIGINT) would give every interpreter a deaf ear to the interrupt that stops runaway code.
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
     ctrl_fd, options = int(sys.argv[1]), json.loads(sys.argv[2])
     iso = _load_isolation()
     plan = _enter_namespaces(iso, options)

@@ -378,4 +378,4 @@ def test_yaml_entry_is_what_verl_registers():
     assert entry._target_ == "pyvision_agent.verl.agent_loop.PyVisionAgentLoop"
     assert OmegaConf.to_container(entry) == {"name": "pyvision_agent", "_target_": entry._target_, "max_images": 32,
                                              "max_tokens_per_turn": 10240, "end_on_error": False,
-                                             "max_frames_per_episode": 32}
+                                             "max_frames_per_episode": 32, "sandbox_backend": "local"}
