@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import MediaError, SandboxError, SessionClosedError
 from ..media.images import ImageLike, to_rgb_array
+from ..media.video_service import VideoService
 from . import _wire
 from ._zygote_client import IsolationMode, ZygoteClient
 from .config import SandboxConfig
@@ -117,13 +118,14 @@ class Sandbox:
     """
 
     def __init__(self, isolation: IsolationMode = "auto", use_namespaces: bool = True,
-                 image_cache_mb: int = 1024) -> None:
+                 image_cache_mb: int = 1024, video_cache_mb: int = 1024) -> None:
         if isolation not in get_args(IsolationMode):
             raise ValueError(f"isolation must be one of {get_args(IsolationMode)}, got {isolation!r}")
         self.scratch_root = tempfile.mkdtemp(prefix="pyvision-")
         self._zygote = ZygoteClient(isolation, use_namespaces, self.scratch_root)
         self._images = _ImageStore(image_cache_mb << 20)
-        self._finalizer = weakref.finalize(self, Sandbox._cleanup, self._zygote, self._images,
+        self._videos = VideoService(video_cache_mb, isolation != "none" and use_namespaces, self.scratch_root)
+        self._finalizer = weakref.finalize(self, Sandbox._cleanup, self._zygote, self._images, self._videos,
                                            self.scratch_root)
 
     @property
@@ -160,8 +162,9 @@ class Sandbox:
         self._finalizer()
 
     @staticmethod
-    def _cleanup(zygote: ZygoteClient, images: _ImageStore, scratch_root: str) -> None:
+    def _cleanup(zygote: ZygoteClient, images: _ImageStore, videos: VideoService, scratch_root: str) -> None:
         zygote.close()
+        videos.close()
         images.clear()
         shutil.rmtree(scratch_root, ignore_errors=True)
 
@@ -275,7 +278,11 @@ class Session:
                 fd, shape = self._sandbox._images.acquire(image)
                 image_fds.append(fd)
                 shapes.append(shape)
-            header = {"scratch_dir": self.scratch_dir, "images": shapes, "video": self._video,
+            facts = None
+            if self._video is not None:  # the worker reads frames from the video service through this fd
+                fd, facts = self._sandbox._videos.attach(self._video)
+                image_fds.append(fd)
+            header = {"scratch_dir": self.scratch_dir, "images": shapes, "video": facts,
                       "limits": self.config.model_dump()}
             zpid = self._sandbox._zygote.spawn(header, [theirs.fileno(), *image_fds])
         finally:

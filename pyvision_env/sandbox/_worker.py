@@ -89,8 +89,8 @@ def _build_namespace(spawn: dict[str, Any], image_fds: list[int], hooks: Hooks) 
     for i, ((h, w), fd) in enumerate(zip(spawn["images"], image_fds)):
         ns[f"image_clue_{i}"] = _map_image(fd, h, w)
         os.close(fd)
-    if spawn.get("video"):
-        ns["video_clue_0"] = video_mod.VideoReader(spawn["video"], cache_mb=spawn["limits"]["video_cache_mb"])
+    if spawn.get("video"):  # the video service's socket follows the image fds
+        ns["video_clue_0"] = video_mod.ServedVideoReader(image_fds[len(spawn["images"])], spawn["video"])
     return ns
 
 
