@@ -154,9 +154,10 @@ class VideoReader(DecordAPI):
         for i in found:
             self._cache.move_to_end(i)
         missing = [i for i in indices if i not in found]
-        for i, frame in self._decoder.decode(missing):
-            found[i] = self._resize(frame)
-            self._remember(i, found[i])
+        if missing:
+            for i, frame in self._decoder.decode(missing):
+                found[i] = self._resize(frame)
+                self._remember(i, found[i])
         return found
 
     def _index(self) -> tuple[np.ndarray, list[int]]:
