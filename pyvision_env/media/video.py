@@ -209,8 +209,9 @@ class ServedVideoReader(DecordAPI):
                 for i, fd in zip(chunk, reply.fds):
                     if os.fstat(fd).st_size != h * w * 3:
                         raise MediaError("the video service sent a frame of the wrong size")
-                    with mmap.mmap(fd, h * w * 3, mmap.MAP_SHARED, mmap.PROT_READ) as buf:
-                        frames[i] = np.frombuffer(buf, np.uint8).reshape(h, w, 3).copy()
+                    # a read-only view of the shared pixels, unmapped once get_batch has copied it
+                    buf = mmap.mmap(fd, h * w * 3, mmap.MAP_SHARED | mmap.MAP_POPULATE, mmap.PROT_READ)
+                    frames[i] = np.frombuffer(buf, np.uint8).reshape(h, w, 3)
             finally:
                 for fd in reply.fds:
                     os.close(fd)

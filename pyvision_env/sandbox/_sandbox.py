@@ -231,6 +231,7 @@ class Session:
         self._next_id = 0
         self._images = images
         self._video = video
+        self.video_facts: dict[str, Any] | None = None  # set at spawn, from the video service
         if video is not None and not os.path.isfile(video):
             raise MediaError(f"video file not found: {video!r}")
         self.scratch_dir = tempfile.mkdtemp(prefix="episode-", dir=sandbox.scratch_root)
@@ -282,6 +283,7 @@ class Session:
             if self._video is not None:  # the worker reads frames from the video service through this fd
                 fd, facts = self._sandbox._videos.attach(self._video)
                 image_fds.append(fd)
+                self.video_facts = facts  # frames, fps, width, height: what video_clue_0 reports
             header = {"scratch_dir": self.scratch_dir, "images": shapes, "video": facts,
                       "limits": self.config.model_dump()}
             zpid = self._sandbox._zygote.spawn(header, [theirs.fileno(), *image_fds])
