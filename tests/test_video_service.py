@@ -76,10 +76,10 @@ def test_a_group_of_episodes_decodes_each_frame_once(sandbox, video):
 
 def test_frames_are_sealed_read_only_memfds(sandbox, video):
     reader = ServedVideoReader(*sandbox._videos.attach(video))
-    reply = reader._request({"op": "frames", "indices": [3, 4]})
+    fds = reader._call({"op": "frames", "indices": [3, 4]}, lambda reply: [os.dup(fd) for fd in reply.fds])
     try:
-        assert len(reply.fds) == 2
-        fd = reply.fds[0]
+        assert len(fds) == 2
+        fd = fds[0]
         seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
         for seal in (fcntl.F_SEAL_WRITE, fcntl.F_SEAL_GROW, fcntl.F_SEAL_SHRINK, fcntl.F_SEAL_SEAL):
             assert seals & seal
@@ -90,7 +90,7 @@ def test_frames_are_sealed_read_only_memfds(sandbox, video):
         with mmap.mmap(fd, 64 * 48 * 3, mmap.MAP_SHARED, mmap.PROT_READ) as buf:
             assert frame_index(np.frombuffer(buf, np.uint8).reshape(48, 64, 3)) == 3
     finally:
-        for fd in reply.fds:
+        for fd in fds:
             os.close(fd)
         reader.close()
 
@@ -184,13 +184,13 @@ def test_hostile_requests_get_errors_and_never_another_files_frames(sandbox, vid
 
 def test_episodes_survive_a_decoder_crash(sandbox, video):
     with sandbox.session(video=video, config=SHOW_ALL) as session:
-        assert identities(session.execute(show([1, 2])).frames) == [1, 2]
+        assert identities(session.execute("kept = 42\n" + show([1, 2])).frames) == [1, 2]
         before = sandbox._videos.stats()
         os.kill(before["decoder_pid"], signal.SIGKILL)
         wait_gone(before["decoder_pid"])
-        r = session.execute(show([50, 2]))  # served by the new decoder, variables kept
+        r = session.execute("print(kept)\n" + show([50, 2]))  # served by the new decoder
         assert r.error is None and not r.crashed, r.error
-        assert identities(r.frames) == [50, 2]
+        assert identities(r.frames) == [50, 2] and r.stdout == "42\n"
         after = sandbox._videos.stats()
     assert after["restarts"] == before["restarts"] + 1 and after["decoder_pid"] != before["decoder_pid"]
 
@@ -208,6 +208,25 @@ def test_a_request_waiting_when_the_decoder_dies_is_answered(sandbox, tmp_path):
         thread.join(30)
         r = result["r"]
     assert r.error is None and identities(r.frames) == [40, 41], r.error
+
+
+def test_a_read_interrupted_by_the_deadline_leaves_the_reader_in_step(sandbox, tmp_path):
+    path = make_video(tmp_path / "slow.mp4", n_frames=60, width=64, height=48, gop=30)
+    with sandbox.session(video=path, config=SHOW_ALL) as session:
+        assert identities(session.execute(show([1])).frames) == [1]
+        fds_before = sorted(os.listdir(f"/proc/{session.pid}/fd"))
+        pid = sandbox._videos.stats()["decoder_pid"]
+        os.kill(pid, signal.SIGSTOP)  # frames will come late
+        try:
+            r = session.execute("kept = 7\nvideo_clue_0[5]", timeout=0.5)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert r.timed_out and not r.restarted and "KeyboardInterrupt" in r.error
+        time.sleep(0.2)  # the late answer (with its fd) is now waiting on the socket
+        r = session.execute("print(kept)\n" + show([6, 5]))
+        assert r.error is None and r.stdout == "7\n" and identities(r.frames) == [6, 5], r.error
+        fds_after = sorted(os.listdir(f"/proc/{session.pid}/fd"))
+    assert fds_after == fds_before  # the late answer's fd was closed, not leaked
 
 
 @pytest.mark.timeout(120)

@@ -263,8 +263,7 @@ class _DecodeServer:
             elif h.get("op") == "stats":
                 self._send_ctrl({"op": "stats", "id": h["id"], "ok": True, "videos_indexed": self.indexed,
                                  "frames_decoded": self.decoded, "cache_entries": len(self.cache),
-                                 "cache_bytes": self.cache.bytes, "cache_capacity": self.cache.capacity,
-                                 "pid": os.getpid()})
+                                 "cache_bytes": self.cache.bytes, "cache_capacity": self.cache.capacity})
 
     def _start(self, cid: int, path: str, fd: int, restarted: bool) -> None:
         threading.Thread(target=self._serve, args=(cid, path, fd, restarted), daemon=True).start()

@@ -24,8 +24,9 @@ import signal
 import socket
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -33,6 +34,7 @@ from ..errors import MediaError
 from ._decoder import Decoder, VideoInfo
 
 MAX_FRAMES_PER_REQUEST = 64  # frames per message from the video service (each is one fd)
+T = TypeVar("T")
 
 
 class NDArray(np.ndarray):
@@ -199,77 +201,88 @@ class ServedVideoReader(DecordAPI):
 
     def _fetch(self, indices: list[int]) -> dict[int, np.ndarray]:
         h, w = self.info.height, self.info.width
+
+        def mapped(reply) -> dict[int, np.ndarray]:
+            if len(reply.fds) != len(chunk):
+                raise MediaError(f"the video service sent {len(reply.fds)} frames for {len(chunk)}")
+            views = {}
+            for i, fd in zip(chunk, reply.fds):
+                if os.fstat(fd).st_size != h * w * 3:
+                    raise MediaError("the video service sent a frame of the wrong size")
+                # a read-only view of the shared pixels, unmapped once get_batch has copied it
+                buf = mmap.mmap(fd, h * w * 3, mmap.MAP_SHARED | mmap.MAP_POPULATE, mmap.PROT_READ)
+                views[i] = np.frombuffer(buf, np.uint8).reshape(h, w, 3)
+            return views
+
         frames: dict[int, np.ndarray] = {}
         for start in range(0, len(indices), MAX_FRAMES_PER_REQUEST):
             chunk = indices[start:start + MAX_FRAMES_PER_REQUEST]
-            reply = self._request({"op": "frames", "indices": chunk})
-            try:
-                if len(reply.fds) != len(chunk):
-                    raise MediaError(f"the video service sent {len(reply.fds)} frames for {len(chunk)}")
-                for i, fd in zip(chunk, reply.fds):
-                    if os.fstat(fd).st_size != h * w * 3:
-                        raise MediaError("the video service sent a frame of the wrong size")
-                    # a read-only view of the shared pixels, unmapped once get_batch has copied it
-                    buf = mmap.mmap(fd, h * w * 3, mmap.MAP_SHARED | mmap.MAP_POPULATE, mmap.PROT_READ)
-                    frames[i] = np.frombuffer(buf, np.uint8).reshape(h, w, 3)
-            finally:
-                for fd in reply.fds:
-                    os.close(fd)
+            frames.update(self._call({"op": "frames", "indices": chunk}, mapped))
         return frames
 
     def _index(self) -> tuple[np.ndarray, list[int]]:
         if self._index_cache is None:
             n = len(self)
-            reply = self._request({"op": "index"})
-            stamps, keys = reply.buffers if len(reply.buffers) == 2 else (b"", b"")
-            if len(stamps) != 16 * n or len(keys) % 8:
-                raise MediaError("the video service sent a malformed index")
-            self._index_cache = (np.frombuffer(stamps, np.float64).reshape(n, 2),
-                                 np.frombuffer(keys, np.int64).tolist())
+
+            def parsed(reply) -> tuple[np.ndarray, list[int]]:
+                stamps, keys = reply.buffers if len(reply.buffers) == 2 else (b"", b"")
+                if len(stamps) != 16 * n or len(keys) % 8:
+                    raise MediaError("the video service sent a malformed index")
+                return np.frombuffer(stamps, np.float64).reshape(n, 2), np.frombuffer(keys, np.int64).tolist()
+
+            self._index_cache = self._call({"op": "index"}, parsed)
         return self._index_cache
 
-    def _request(self, header: dict[str, Any]):
-        """Send one request and return its reply. If the service restarted meanwhile (it crashed on some
-        episode's video), the request may have been lost with it: it is sent once more."""
+    def _call(self, header: dict[str, Any], handle: Callable[[Any], T]) -> T:
+        """Send one request and ``handle`` its reply. If the service restarted meanwhile (its decoder
+        crashed, maybe on another episode's video), the request may have been lost: it is sent again."""
         from ..sandbox import _wire
 
         with self._lock:
-            ids = set()
+            ids: set[int] = set()
             for _attempt in range(2):
                 self._next_id += 1
                 ids.add(self._next_id)
                 try:
                     _wire.send(self._sock, dict(header, id=self._next_id))
                 except OSError as exc:
-                    raise MediaError(f"the video service is gone ({exc}); the video cannot be read") from None
+                    raise MediaError(f"lost the video service ({exc!r}); the video cannot be read") from None
                 while True:
-                    reply = self._receive()
-                    if reply.header.get("op") == "restarted":
-                        break
-                    if reply.header.get("id") not in ids:  # the late answer to an interrupted request
-                        for fd in reply.fds:
-                            os.close(fd)
-                        continue
-                    if not reply.header.get("ok"):
-                        raise MediaError(str(reply.header.get("error")))
-                    return reply
+                    with self._reply() as reply:
+                        h = reply.header
+                        if h.get("op") == "restarted":
+                            break
+                        if h.get("id") in ids:  # else: the late answer to an interrupted request
+                            if not h.get("ok"):
+                                raise MediaError(str(h.get("error")))
+                            return handle(reply)
             raise MediaError("the video decoder crashed twice on this request; the video may be corrupt")
 
-    def _receive(self):
-        """One message. Waiting is interruptible (the sandbox's deadline), reading it is not: a
-        KeyboardInterrupt in the middle of a message would leave the stream out of step."""
+    @contextmanager
+    def _reply(self) -> Iterator[Any]:
+        """The next message. Waiting for it can be interrupted (the sandbox's deadline sends SIGINT);
+        reading and handling it cannot, so the stream stays in step and its fds are always closed."""
         from ..sandbox import _wire
 
+        lost = "lost the video service ({!r}); the video cannot be read"
         try:
             if not self._sock.recv(1, socket.MSG_PEEK):
-                raise MediaError("the video service closed the connection; the video cannot be read")
-            old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+                raise EOFError("the connection was closed")
+        except (OSError, EOFError) as exc:
+            raise MediaError(lost.format(exc)) from None
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
             try:
-                return _wire.recv(self._sock, 1 << 20, 24 * len(self), max_fds=MAX_FRAMES_PER_REQUEST)
+                reply = _wire.recv(self._sock, 1 << 20, 24 * len(self), max_fds=MAX_FRAMES_PER_REQUEST)
+            except (OSError, EOFError, _wire.ProtocolError) as exc:
+                raise MediaError(lost.format(exc)) from None
+            try:
+                yield reply
             finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        except (OSError, EOFError, _wire.ProtocolError) as exc:
-            raise MediaError(f"lost the connection to the video service ({exc!r})") from None
+                for fd in reply.fds:
+                    os.close(fd)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     def close(self) -> None:
         self._sock.close()

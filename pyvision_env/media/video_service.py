@@ -72,7 +72,8 @@ class VideoService:
 
     def stats(self) -> dict[str, Any]:
         """Counters of the running service: videos indexed, frames decoded, cache size, restarts, pid."""
-        return self._call({"op": "stats"})
+        reply = self._call({"op": "stats"})
+        return {k: v for k, v in reply.items() if k not in ("op", "id", "ok", "buffers")}
 
     def _call(self, header: dict[str, Any], fds: list[int] = ()) -> dict[str, Any]:
         with self._lock:
