@@ -139,8 +139,9 @@ def group_figure(video: str, repeat: int = 5, group: int = 8, count: int = 16) -
     """A GRPO group: ``group`` episodes on one video not indexed yet, each asking for the same ``count``
     frames, one after another; and the same group run concurrently (wall time). Side by side: as many
     fresh decord and PyAV readers."""
-    n = len(Decoder(video)._pts)
-    indices = evenly_spaced(n, count)
+    decoder = Decoder(video)
+    decoder.close()
+    indices = evenly_spaced(decoder.info.frames, count)
     envs = [gym.make("PyVisionVideo-v0") for _ in range(group)]
     ours_episode(envs[0], video, indices)  # warm: zygote and video service started, imports done
     samples: dict[str, list[float]] = {k: [] for k in (

@@ -128,6 +128,18 @@ def test_a_changed_file_is_indexed_again(sandbox, tmp_path):
     second.close()
 
 
+def test_only_a_few_decoders_stay_open_and_closed_ones_reopen(sandbox, tmp_path):
+    cap = sandbox._videos.stats()["max_open_decoders"]
+    paths = [make_video(tmp_path / f"v{k}.mp4", n_frames=30, width=64, height=48, gop=10) for k in range(cap + 3)]
+    readers = [ServedVideoReader(*sandbox._videos.attach(p)) for p in paths]
+    for k, reader in enumerate(readers):
+        assert frame_index(reader[k + 1]) == k + 1
+    assert sandbox._videos.stats()["open_decoders"] <= cap
+    assert identities(readers[0].get_batch([20, 25])) == [20, 25]  # its decoder was closed: reopened
+    for reader in readers:
+        reader.close()
+
+
 def test_the_worker_opens_no_video_file(sandbox, video):
     with sandbox.session(video=video) as session:
         r = session.execute("x = video_clue_0[7]\nprint(x.shape)")

@@ -15,7 +15,6 @@ sandbox's interpreters (issue 15).
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -38,35 +37,46 @@ class VideoInfo:
 
 
 class Decoder:
-    """One open video file. Not thread-safe: callers serialise :meth:`decode` (one lock per video)."""
+    """One video file: its index, and a container opened when decoding (closed by :meth:`close`, opened
+    again by the next :meth:`decode`). Not thread-safe: callers serialise calls (one lock per video)."""
 
     def __init__(self, path: str) -> None:
-        import av
-
         self.path = path
-        try:
-            self._container = av.open(path)
-        except (av.FFmpegError, OSError, ValueError) as exc:
-            raise MediaError(f"cannot open video {path!r}: {exc}") from exc
+        self._container = None
+        self._open()
         try:
             self._index()
         except BaseException:
-            self._container.close()
+            self.close()
             raise
+
+    def _open(self) -> None:
+        import av
+
+        try:
+            self._container = av.open(self.path)
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            raise MediaError(f"cannot open video {self.path!r}: {exc}") from exc
+        if not self._container.streams.video:
+            self.close()
+            raise MediaError(f"{self.path!r} has no video stream")
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_type = "AUTO"
         self._frames: Iterator | None = None  # the decoder's position: a generator after a seek
         self._last_pts: int | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._container is not None
 
     def _index(self) -> None:
         import av
 
-        if not self._container.streams.video:
-            raise MediaError(f"{self.path!r} has no video stream")
-        stream = self._stream = self._container.streams.video[0]
+        stream = self._stream
         width, height = stream.codec_context.width, stream.codec_context.height
         if not (0 < width * height <= MAX_FRAME_PIXELS):
             raise MediaError(f"video {self.path!r} has frames of {width}x{height} pixels; at most "
                              f"{MAX_FRAME_PIXELS} pixels are decoded")
-        stream.thread_type = "AUTO"
         packets: list[tuple[int, int]] = []  # (pts, duration)
         keys: list[int] = []
         try:
@@ -81,33 +91,34 @@ class Decoder:
         if not packets:
             raise MediaError(f"video {self.path!r} has no decodable frames")
         packets.sort()
-        self._pts = [p for p, _ in packets]
-        self._keys = sorted(keys) or self._pts[:1]
+        self._pts = np.array([p for p, _ in packets], np.int64)
+        self._keys = np.array(sorted(keys) or self._pts[:1], np.int64)
         tb = stream.time_base or Fraction(1, 1)
         rate = stream.average_rate or stream.guessed_rate
         if rate:
             fps = float(rate)
         elif len(self._pts) > 1:
-            fps = (len(self._pts) - 1) / float((self._pts[-1] - self._pts[0]) * tb)
+            fps = (len(self._pts) - 1) / float((int(self._pts[-1]) - int(self._pts[0])) * tb)
         else:
             fps = 1.0
         self.info = VideoInfo(frames=len(self._pts), fps=fps, width=width, height=height)
         # decord's timestamps: (pts - start) and (pts + duration - start) in seconds
-        start = stream.start_time if stream.start_time is not None else self._pts[0]
-        pts = np.array(self._pts, np.float64)
+        start = stream.start_time if stream.start_time is not None else int(self._pts[0])
+        pts = self._pts.astype(np.float64)
         durations = np.array([d for _, d in packets], np.float64)
-        missing = durations <= 0
-        durations[missing] = 1.0 / fps / float(tb)
+        durations[durations <= 0] = 1.0 / fps / float(tb)
         self.timestamps = np.stack([(pts - start) * float(tb), (pts + durations - start) * float(tb)], axis=1)
-        self.key_indices = [bisect.bisect_left(self._pts, k) for k in self._keys]
+        self.key_indices = np.searchsorted(self._pts, self._keys).tolist()
 
     def decode(self, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(index, HxWx3 uint8 RGB frame)`` for sorted, unique, in-range ``indices``."""
         import av
 
+        if self._container is None:
+            self._open()
         for i in indices:
-            target = self._pts[i]
-            key = self._keys[max(bisect.bisect_right(self._keys, target) - 1, 0)]
+            target = int(self._pts[i])
+            key = int(self._keys[max(int(np.searchsorted(self._keys, target, side="right")) - 1, 0)])
             last = self._last_pts
             if self._frames is None or last is None or last >= target or key > last:
                 self._container.seek(key, backward=True, any_frame=False, stream=self._stream)
@@ -139,5 +150,8 @@ class Decoder:
         return frame.to_ndarray(format="rgb24")
 
     def close(self) -> None:
-        self._frames = None
-        self._container.close()
+        """Close the file and free the codec (and its threads); the index stays."""
+        if self._container is not None:
+            self._frames = None
+            self._container.close()
+            self._container = None

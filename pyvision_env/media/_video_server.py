@@ -44,7 +44,8 @@ from contextlib import contextmanager
 from typing import Any
 
 _MAX_REQUEST = 64 * 1024
-_MAX_OPEN_VIDEOS = 256  # indexed videos kept open (a live episode keeps its own open regardless)
+_MAX_INDEXED = 512  # videos whose index is kept (~100 kB each for 2 minutes at 30 fps)
+_MAX_OPEN_PER_CPU = 2  # decoders kept open (each holds the file, its codec threads and ~10 MB)
 _STALL_S = 60.0  # a decoder that makes no progress for this long is hung on a hostile file: exit
 
 
@@ -235,12 +236,15 @@ class _DecodeServer:
     def __init__(self, ctrl: socket.socket, options: dict[str, Any]) -> None:
         self.ctrl = ctrl
         self._send_lock = threading.Lock()
-        self.videos: OrderedDict[str, _Video] = OrderedDict()
+        self.videos: OrderedDict[str, _Video] = OrderedDict()  # by path: the latest version of each file
+        self._open_decoders: OrderedDict[tuple, _Video] = OrderedDict()
         self._videos_lock = threading.Lock()
-        self._opening: dict[str, threading.Lock] = {}
+        self._opening = [threading.Lock() for _ in range(64)]  # indexing a path: by hash(path)
         nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.cache = _FrameCache(options["cache_mb"] << 20, max(nofile // 2, 64))
-        self._decoding = threading.BoundedSemaphore(max(1, len(os.sched_getaffinity(0))))
+        cpus = len(os.sched_getaffinity(0))
+        self._decoding = threading.BoundedSemaphore(cpus)
+        self._max_open = _MAX_OPEN_PER_CPU * cpus
         self._busy: dict[int, float] = {}  # thread -> last progress, for the stall watchdog
         self.indexed = self.decoded = 0
 
@@ -263,7 +267,8 @@ class _DecodeServer:
             elif h.get("op") == "stats":
                 self._send_ctrl({"op": "stats", "id": h["id"], "ok": True, "videos_indexed": self.indexed,
                                  "frames_decoded": self.decoded, "cache_entries": len(self.cache),
-                                 "cache_bytes": self.cache.bytes, "cache_capacity": self.cache.capacity})
+                                 "cache_bytes": self.cache.bytes, "cache_capacity": self.cache.capacity,
+                                 "open_decoders": len(self._open_decoders), "max_open_decoders": self._max_open})
 
     def _start(self, cid: int, path: str, fd: int, restarted: bool) -> None:
         threading.Thread(target=self._serve, args=(cid, path, fd, restarted), daemon=True).start()
@@ -355,9 +360,8 @@ class _DecodeServer:
         except OSError as exc:
             raise MediaError(f"video file not found: {path!r} ({exc.strerror})") from None
         key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        with self._videos_lock:
-            opening = self._opening.setdefault(path, threading.Lock())
-        with opening:  # episodes resetting on one new video wait for a single indexing pass
+        # episodes resetting on one new video wait for a single indexing pass
+        with self._opening[hash(path) % len(self._opening)]:
             with self._videos_lock:
                 video = self.videos.get(path)
                 if video is not None and video.key == key:
@@ -369,11 +373,29 @@ class _DecodeServer:
             with self._videos_lock:
                 old = self.videos.pop(path, None)
                 self.videos[path] = video = _Video(key, decoder)
-                while len(self.videos) > _MAX_OPEN_VIDEOS:
-                    self.videos.popitem(last=False)  # closed when its last episode lets go of it
+                while len(self.videos) > _MAX_INDEXED:
+                    self.videos.popitem(last=False)  # live episodes keep theirs
             if old is not None:
                 self.cache.drop(old.key)  # the file changed: its old frames must never be served
+            with video.lock:
+                self._opened(video)
             return video
+
+    def _opened(self, video: _Video) -> None:
+        """Note that ``video``'s decoder is open (its lock held) and close the least recently used ones
+        beyond the cap, skipping any that is decoding now."""
+        with self._videos_lock:
+            self._open_decoders[video.key] = video
+            self._open_decoders.move_to_end(video.key)
+            excess = list(self._open_decoders.values())[:-self._max_open]
+        for old in excess:
+            if old.lock.acquire(blocking=False):
+                try:
+                    old.decoder.close()
+                    with self._videos_lock:
+                        self._open_decoders.pop(old.key, None)
+                finally:
+                    old.lock.release()
 
     def _frames(self, video: _Video, indices: list[int]) -> list[int]:
         """Fresh fds (the caller closes them) of the frames at ``indices``, decoded at most once."""
@@ -391,6 +413,7 @@ class _DecodeServer:
                                 self.cache.put(video.key, i, fd, rgb.nbytes)
                                 self.decoded += 1
                                 self._busy[threading.get_ident()] = time.monotonic()
+                        self._opened(video)
             return [fds[i] for i in indices]
         except BaseException:
             for fd in fds.values():
