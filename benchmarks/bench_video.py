@@ -53,9 +53,9 @@ def natural_video(seconds: int = 120, width: int = 640, height: int = 480, fps: 
     rng = np.random.default_rng(0)
     big_h, big_w = 2 * height, 2 * width
     scene = np.zeros((big_h, big_w, 3), np.float32)
-    for octave in (4, 16, 64):  # smooth noise at three scales: walls, furniture, texture
+    for octave, weight in ((64, 0.6), (16, 0.3), (4, 0.1)):  # smooth noise: walls, furniture, texture
         small = rng.uniform(0, 255, (big_h // octave + 2, big_w // octave + 2, 3)).astype(np.float32)
-        scene += cv2.resize(small, (big_w, big_h), interpolation=cv2.INTER_CUBIC)[:big_h, :big_w] / 3
+        scene += weight * cv2.resize(small, (big_w, big_h), interpolation=cv2.INTER_CUBIC)[:big_h, :big_w]
     objects = [(rng.uniform(0, width), rng.uniform(0, height), rng.uniform(-2, 2), rng.uniform(-1.5, 1.5),
                 int(rng.integers(20, 60)), tuple(int(c) for c in rng.integers(0, 255, 3))) for _ in range(4)]
 
