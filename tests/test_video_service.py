@@ -222,6 +222,21 @@ def test_a_request_waiting_when_the_decoder_dies_is_answered(sandbox, tmp_path):
     assert r.error is None and identities(r.frames) == [40, 41], r.error
 
 
+def test_a_reset_waiting_when_the_decoder_dies_goes_through(sandbox, tmp_path):
+    path = make_video(tmp_path / "new.mp4", n_frames=30, width=64, height=48)
+    pid = sandbox._videos.stats()["decoder_pid"]
+    os.kill(pid, signal.SIGSTOP)
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(session=sandbox.session(video=path, config=SHOW_ALL)))
+    thread.start()
+    time.sleep(0.5)  # the attach waits on a decoder that will never answer it: the next one does
+    os.kill(pid, signal.SIGKILL)
+    thread.join(30)
+    with result["session"] as session:
+        assert session.video_facts["frames"] == 30
+        assert identities(session.execute(show([29])).frames) == [29]
+
+
 def test_a_read_interrupted_by_the_deadline_leaves_the_reader_in_step(sandbox, tmp_path):
     path = make_video(tmp_path / "slow.mp4", n_frames=60, width=64, height=48, gop=30)
     with sandbox.session(video=path, config=SHOW_ALL) as session:

@@ -87,7 +87,8 @@ class _Supervisor:
         self.options = options
         self.problems = problems
         self.conns: dict[int, tuple[int, str]] = {}  # episode id -> (our duplicate of its socket, path)
-        self.pending: dict[int, dict[str, Any]] = {}  # requests the decoder has not answered -> reply if it dies
+        self.pending: dict[int, dict[str, Any]] = {}  # requests the decoder has not answered yet
+        self.retried: set[int] = set()  # attaches already sent to a decoder that died
         self.restarts = 0
 
     def run(self) -> None:
@@ -113,6 +114,7 @@ class _Supervisor:
         os._exit(0)
 
     def _fork_decoder(self) -> None:
+        """Start a decoder that serves every attached episode (after a crash, it tells each one)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.started = time.monotonic()
         pid = os.fork()
@@ -120,7 +122,8 @@ class _Supervisor:
             try:
                 self.host.close()
                 ours.close()
-                _DecodeServer(theirs, self.options).run(dict(self.conns))
+                attached = {cid: conn for cid, conn in self.conns.items() if cid not in self.pending}
+                _DecodeServer(theirs, self.options).run(attached)
             finally:
                 os._exit(1)
         theirs.close()
@@ -130,11 +133,10 @@ class _Supervisor:
         h = msg.header
         if h.get("op") == "attach" and len(msg.fds) == 1:
             self.conns[h["id"]] = (msg.fds[0], h["path"])
-            self.pending[h["id"]] = {"op": "attached", "id": h["id"], "ok": False,
-                                     "error": f"the video decoder crashed while opening {h['path']!r}"}
+            self.pending[h["id"]] = h
             self._to_decoder(h, msg.fds)
         elif h.get("op") == "stats":
-            self.pending[h["id"]] = {"op": "stats", "id": h["id"], "ok": False}
+            self.pending[h["id"]] = h
             self._to_decoder(h)
         else:
             for fd in msg.fds:
@@ -158,6 +160,7 @@ class _Supervisor:
                 os.close(fd)
             return
         self.pending.pop(h.get("id"), None)
+        self.retried.discard(h.get("id"))
         if h.get("op") == "attached" and not h.get("ok"):
             fd, _ = self.conns.pop(h["id"], (None, None))
             if fd is not None:
@@ -167,20 +170,31 @@ class _Supervisor:
         _wire.send(self.host, h)
 
     def _decoder_died(self) -> None:
+        """Fork a new decoder. Attaches the dead one had not answered go to the new one, once: an attach
+        that was pending at two crashes in a row is taken for their cause and fails."""
         from pyvision_env.sandbox import _wire
 
         self.decoder.close()
         _, status = os.waitpid(self.decoder_pid, 0)
         print(f"video decoder {self.decoder_pid} died (wait status {status}); restarting it", flush=True)
-        for rid, reply in self.pending.items():
-            if rid in self.conns:  # an attach it was working on: that video is the likely culprit
+        for rid, request in list(self.pending.items()):
+            if request["op"] == "attach" and rid not in self.retried:
+                self.retried.add(rid)
+                continue
+            del self.pending[rid]
+            self.retried.discard(rid)
+            if request["op"] == "attach":
                 os.close(self.conns.pop(rid)[0])
-            _wire.send(self.host, reply)
-        self.pending.clear()
+                _wire.send(self.host, {"op": "attached", "id": rid, "ok": False,
+                                       "error": f"the video decoder crashed twice while opening {request['path']!r}"})
+            else:
+                _wire.send(self.host, {"op": request["op"], "id": rid, "ok": False})
         self.restarts += 1
         if time.monotonic() - self.started < 1.0:
             time.sleep(0.5)  # crashing at once again and again: do not spin
         self._fork_decoder()
+        for rid, request in self.pending.items():
+            self._to_decoder(request, [self.conns[rid][0]])
 
 
 class _FrameCache:
