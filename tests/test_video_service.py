@@ -270,6 +270,18 @@ def test_corrupt_videos_fail_at_reset_and_the_service_lives_on(sandbox, video, t
         assert identities(session.execute(show([88])).frames) == [88]
 
 
+def test_the_service_has_no_network_and_cannot_write(sandbox, video):
+    ServedVideoReader(*sandbox._videos.attach(video)).close()
+    stats = sandbox._videos.stats()
+    if stats["problems"]:
+        pytest.skip(f"no namespaces for the service on this host: {stats['problems']}")
+    for pid in (sandbox._videos._proc.pid, stats["decoder_pid"]):
+        assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
+        assert os.readlink(f"/proc/{pid}/ns/user") != os.readlink("/proc/self/ns/user")
+        with open(f"/proc/{pid}/status") as f:
+            assert "NoNewPrivs:\t1" in f.read()  # set by the Landlock write ban
+
+
 def test_closing_the_sandbox_stops_the_service(tmp_path, video):
     sandbox = Sandbox()
     reader = ServedVideoReader(*sandbox._videos.attach(video))
