@@ -56,8 +56,6 @@ class PyVisionEnv(gym.Env[dict, str]):
     env_id: ClassVar[str]
     modality: ClassVar[str]
     config_cls: ClassVar[type[EnvConfig]]
-    reset_code: ClassVar[str | None] = None
-    """Code run in the fresh interpreter at reset; its result goes to :meth:`_first_observation`."""
 
     def __init__(self, render_mode: str | None = None, **config: Any) -> None:
         try:
@@ -87,8 +85,7 @@ class PyVisionEnv(gym.Env[dict, str]):
         self._episode = _Episode(task=task, session=self._backend.session(
             images=task.images, video=task.video, config=self.config.sandbox_config()))
         try:
-            result = self._episode.session.execute(self.reset_code) if self.reset_code else None
-            return self._finish_reset(result)
+            return self._finish_reset()
         except BaseException:
             self._end_episode()
             raise
@@ -106,8 +103,7 @@ class PyVisionEnv(gym.Env[dict, str]):
         self._episode = _Episode(task=task, session=await self._backend.asession(
             images=task.images, video=task.video, config=self.config.sandbox_config()))
         try:
-            result = await self._episode.session.aexecute(self.reset_code) if self.reset_code else None
-            return await loop.run_in_executor(_thread_pool(), self._finish_reset, result)
+            return await loop.run_in_executor(_thread_pool(), self._finish_reset)
         except BaseException:
             self._end_episode()
             raise
@@ -125,9 +121,9 @@ class PyVisionEnv(gym.Env[dict, str]):
         self._check_task(task)
         return task
 
-    def _finish_reset(self, reset_result: ExecutionResult | None) -> tuple[dict, dict]:
+    def _finish_reset(self) -> tuple[dict, dict]:
         ep = self._episode
-        text, images, extra = self._first_observation(ep.task, reset_result)
+        text, images, extra = self._first_observation(ep.task, ep.session)
         ep.n_images = len(images)
         ep.visual_tokens = self._tokens(images)
         ep.last_frames = images
@@ -208,9 +204,8 @@ class PyVisionEnv(gym.Env[dict, str]):
     def _check_task(self, task: Task) -> None:
         raise NotImplementedError
 
-    def _first_observation(self, task: Task, reset_result: ExecutionResult | None
-                           ) -> tuple[str, tuple[np.ndarray, ...], dict]:
-        """Text, images and extra info of the reset observation (``reset_result``: what :attr:`reset_code` did)."""
+    def _first_observation(self, task: Task, session: EpisodeSession) -> tuple[str, tuple[np.ndarray, ...], dict]:
+        """Text, images and extra info of the reset observation (no code runs: a reset stays a fork)."""
         raise NotImplementedError
 
     def _tokens(self, images: tuple[np.ndarray, ...]) -> int:

@@ -7,7 +7,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..media import fit_pixels, to_rgb_array
 from ..prompts import image_user_prompt, system_prompt
-from ..sandbox import ExecutionResult
+from ..sandbox.backend import EpisodeSession
 from ..tasks import Task
 from .base import PyVisionEnv
 from .config import ImageEnvConfig
@@ -24,8 +24,7 @@ class PyVisionImageEnv(PyVisionEnv):
             raise ConfigError(f"{self.env_id} needs tasks with images and no video; task {task.id!r} has "
                               f"{len(task.images)} image(s) and video={task.video!r}")
 
-    def _first_observation(self, task: Task, reset_result: ExecutionResult | None
-                           ) -> tuple[str, tuple[np.ndarray, ...], dict]:
+    def _first_observation(self, task: Task, session: EpisodeSession) -> tuple[str, tuple[np.ndarray, ...], dict]:
         originals = [to_rgb_array(image) for image in task.images]
         sizes = [(int(a.shape[1]), int(a.shape[0])) for a in originals]  # the code sees the originals
         limit = self.config.image_max_pixels

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
-from ..errors import ConfigError, MediaError
+from ..errors import ConfigError
 from ..prompts import VideoFacts, system_prompt, video_user_prompt
-from ..sandbox import ExecutionResult
+from ..sandbox.backend import EpisodeSession
 from ..tasks import Task
 from ..visual_tokens import uniform_sampling_tokens
 from .base import PyVisionEnv
 from .config import VideoEnvConfig
-
-# Read in the episode's own interpreter, so the facts are exactly what the model's reader reports.
-_FACTS_CODE = ("import json as _json\n"
-               "print(_json.dumps([len(video_clue_0), float(video_clue_0.get_avg_fps()), "
-               "*video_clue_0[0].shape[:2]]))\n"
-               "del _json")
 
 
 class PyVisionVideoEnv(PyVisionEnv):
@@ -26,20 +18,14 @@ class PyVisionVideoEnv(PyVisionEnv):
     modality = "video"
     config_cls = VideoEnvConfig
     config: VideoEnvConfig
-    reset_code = _FACTS_CODE
 
     def _check_task(self, task: Task) -> None:
         if task.video is None or task.images:
             raise ConfigError(f"{self.env_id} needs tasks with a video and no images; task {task.id!r} has "
                               f"video={task.video!r} and {len(task.images)} image(s)")
 
-    def _first_observation(self, task: Task, result: ExecutionResult | None
-                           ) -> tuple[str, tuple[np.ndarray, ...], dict]:
-        try:
-            frames, fps, height, width = json.loads(result.stdout)
-        except (ValueError, TypeError) as exc:
-            raise MediaError(f"cannot read the video {task.video!r}: {result.error or result.stdout}") from exc
-        facts = VideoFacts(frames=int(frames), fps=float(fps), width=int(width), height=int(height))
+    def _first_observation(self, task: Task, session: EpisodeSession) -> tuple[str, tuple[np.ndarray, ...], dict]:
+        facts = VideoFacts(**session.video_facts)  # what the episode's video_clue_0 reports
         system = self.config.system_prompt or system_prompt(self.config.prompt_style, "video")
         user = video_user_prompt(task.question, facts)
         uniform = uniform_sampling_tokens(min(self.config.uniform_baseline_frames, facts.frames), facts.height,

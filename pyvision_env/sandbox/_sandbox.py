@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import MediaError, SandboxError, SessionClosedError
 from ..media.images import ImageLike, fit_pixels, to_rgb_array
+from ..media.video_service import VideoService
 from . import _rootfs, _wire
 from ._cgroups import Cgroups, EpisodeCgroup
 from ._reaper import Reaper, remove_tree
@@ -126,7 +127,7 @@ class Sandbox:
     """
 
     def __init__(self, isolation: IsolationMode = "auto", use_namespaces: bool = True,
-                 image_cache_mb: int = 1024, pool_size: int = 2) -> None:
+                 image_cache_mb: int = 1024, video_cache_mb: int = 1024, pool_size: int = 2) -> None:
         if isolation not in get_args(IsolationMode):
             raise ValueError(f"isolation must be one of {get_args(IsolationMode)}, got {isolation!r}")
         if pool_size < 0:
@@ -135,10 +136,11 @@ class Sandbox:
         self._cgroups = Cgroups() if isolation != "none" else None
         self._zygote = ZygoteClient(isolation, use_namespaces, self.scratch_root, self._cgroups)
         self._images = _ImageStore(image_cache_mb << 20)
+        self._videos = VideoService(video_cache_mb, isolation != "none" and use_namespaces, self.scratch_root)
         self._pool = _WorkerPool(self, pool_size)
         self._pid = os.getpid()
         self._finalizer = weakref.finalize(self, Sandbox._cleanup, self._pid, self._zygote, self._images,
-                                           self._cgroups, self._pool, self.scratch_root)
+                                           self._videos, self._cgroups, self._pool, self.scratch_root)
 
     @property
     def isolation(self) -> IsolationReport:
@@ -176,17 +178,16 @@ class Sandbox:
         """Stop the zygote (every open session's worker dies with it) and remove scratch space."""
         self._finalizer()
 
-    def _take_worker(self, prep: tuple[tuple[str, Any], ...], host_scratch: str | None,
-                     video: str | None) -> _Worker:
+    def _take_worker(self, prep: tuple[tuple[str, Any], ...], host_scratch: str | None) -> _Worker:
         """A prepared worker for an episode: from the pool (private root only: elsewhere the isolation
-        depends on the episode's own scratch directory and video path), else forked now."""
+        depends on the episode's own scratch directory), else forked now."""
         if host_scratch is None:
             worker = self._pool.take(prep)
             if worker is not None:
                 return worker
-        return self._new_worker(prep, host_scratch, [video] if video else [])
+        return self._new_worker(prep, host_scratch)
 
-    def _new_worker(self, prep: tuple[tuple[str, Any], ...], host_scratch: str | None, media: list[str]) -> _Worker:
+    def _new_worker(self, prep: tuple[tuple[str, Any], ...], host_scratch: str | None) -> _Worker:
         """Fork a worker, let it confine itself, and put it in a fresh episode cgroup (before it can run
         anything: it waits for its inputs)."""
         limits = dict(prep)
@@ -199,8 +200,7 @@ class Sandbox:
         cgroup = (self._cgroups.create(memory, limits["max_processes"], limits["cpu_limit_cores"])
                   if self._cgroups is not None else None)
         try:
-            zpid = self._zygote.spawn({"prep": limits, "scratch_dir": host_scratch, "media": media},
-                                      [theirs.fileno()])
+            zpid = self._zygote.spawn({"prep": limits, "scratch_dir": host_scratch}, [theirs.fileno()])
         except BaseException:
             ours.close()
             _reaper.submit(None, cgroup)
@@ -235,12 +235,13 @@ class Sandbox:
         return _Worker(ours, hello.pid, zpid, pidfd, report, cgroup)
 
     @staticmethod
-    def _cleanup(owner: int, zygote: ZygoteClient, images: _ImageStore, cgroups: Cgroups | None, pool: _WorkerPool,
-                 scratch_root: str) -> None:
+    def _cleanup(owner: int, zygote: ZygoteClient, images: _ImageStore, videos: VideoService,
+                 cgroups: Cgroups | None, pool: _WorkerPool, scratch_root: str) -> None:
         if os.getpid() != owner:  # a forked child exiting: all of this is its parent's
             return
         pool.close()
         zygote.close()
+        videos.close()
         images.clear()
         _reaper.drain()
         if cgroups is not None:
@@ -365,7 +366,7 @@ class _WorkerPool:
             if sandbox is None or sandbox.closed:
                 return
             try:
-                worker = sandbox._new_worker(key, None, [])
+                worker = sandbox._new_worker(key, None)
             except (SandboxError, OSError) as exc:
                 if not (self._closed or sandbox.closed):  # closing races the refill: nothing to report
                     log.warning("could not prepare a pooled worker (%s); episodes fork their own", exc)
@@ -404,9 +405,9 @@ class Session:
         self._frames_shown = 0
         self._images = images
         self._video = None if video is None else os.path.realpath(video)
+        self.video_facts: dict[str, Any] | None = None  # set at start, from the video service
         if video is not None and not os.path.isfile(video):
             raise MediaError(f"video file not found: {video!r}")
-        self._video_name = video
         private_root = sandbox._zygote.plan_now()["mountns"]
         host_scratch = None if private_root else tempfile.mkdtemp(prefix="episode-", dir=sandbox.scratch_root)
         self.scratch_dir: str = _rootfs.HOME if private_root else host_scratch
@@ -447,7 +448,7 @@ class Session:
         """A prepared worker (from the pool when one matches) started with this episode's inputs."""
         prep = _prep_key(self.config)
         for attempt in (1, 2):
-            worker = self._sandbox._take_worker(prep, self._state["scratch"], self._video)
+            worker = self._sandbox._take_worker(prep, self._state["scratch"])
             try:
                 self._start(worker)
                 return worker
@@ -461,21 +462,22 @@ class Session:
         raise AssertionError("unreachable")
 
     def _start(self, worker: _Worker) -> None:
-        """Send the episode's limits and inputs (video fd, image memfds) and wait for ``started``."""
+        """Send the episode's limits and inputs (image memfds, then the video service's socket for this
+        episode's video) and wait for ``started``."""
         fds: list[int] = []
         try:
-            if self._video is not None:
-                try:
-                    fds.append(os.open(self._video, os.O_RDONLY | os.O_CLOEXEC))
-                except OSError as exc:
-                    raise MediaError(f"cannot open video {self._video_name!r}: {exc.strerror}") from exc
             shapes = []
             for image in self._images:
                 fd, shape = self._sandbox._images.acquire(image)
                 fds.append(fd)
                 shapes.append(shape)
+            facts = None
+            if self._video is not None:  # the worker reads frames from the video service through this fd
+                fd, facts = self._sandbox._videos.attach(self._video)
+                fds.append(fd)
+                self.video_facts = facts  # frames, fps, width, height: what video_clue_0 reports
             try:
-                _wire.send(worker.sock, {"op": "start", "images": shapes, "video": self._video,
+                _wire.send(worker.sock, {"op": "start", "images": shapes, "video": facts,
                                          "limits": self.config.model_dump()}, fds=fds)
             except OSError as exc:
                 raise _StaleWorker from exc

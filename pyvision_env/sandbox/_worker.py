@@ -78,7 +78,7 @@ def _apply_isolation(spawn: dict[str, Any], bpf: bytes) -> dict[str, Any]:
         rules = [(writable, _isolation.landlock_write_rights(abi) | _isolation.FS_READ),
                  ("/dev/null", _isolation.FS_WRITE_FILE | _isolation.FS_READ_FILE)]
         if not plan["mountns"]:  # the host's files are visible: allow reading only what the interpreter needs
-            rules += [(path, _isolation.FS_READ) for path in (*_rootfs.exposed_paths(), *spawn["media"])]
+            rules += [(path, _isolation.FS_READ) for path in _rootfs.exposed_paths()]
             rules += [(f"/dev/{name}", _isolation.FS_READ) for name in ("zero", "full", "random", "urandom")]
             rules.append(("/proc/self", _isolation.FS_READ))  # resolved now: this process's own entry only
         _isolation.landlock_restrict(rules, abi, handle_reads=not plan["mountns"])
@@ -106,8 +106,7 @@ def _limit_memory(budget_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _build_namespace(spawn: dict[str, Any], image_fds: list[int], video_path: str | None,
-                     hooks: Hooks) -> dict[str, Any]:
+def _build_namespace(spawn: dict[str, Any], image_fds: list[int], hooks: Hooks) -> dict[str, Any]:
     import cv2
     import matplotlib.pyplot as plt
     import numpy as np
@@ -121,13 +120,8 @@ def _build_namespace(spawn: dict[str, Any], image_fds: list[int], video_path: st
     for i, ((h, w), fd) in enumerate(zip(spawn["images"], image_fds)):
         ns[f"image_clue_{i}"] = _map_image(fd, h, w)
         os.close(fd)
-    if video_path is not None:
-        try:
-            reader = video_mod.VideoReader(video_path, cache_mb=spawn["limits"]["video_cache_mb"])
-        except video_mod.MediaError as exc:  # name the file as the task did
-            raise video_mod.MediaError(str(exc).replace(video_path, spawn["video"])) from None
-        reader.path = spawn["video"]
-        ns["video_clue_0"] = reader
+    if spawn.get("video"):  # the video service's socket follows the image fds
+        ns["video_clue_0"] = video_mod.ServedVideoReader(image_fds[len(spawn["images"])], spawn["video"])
     return ns
 
 
@@ -224,16 +218,13 @@ def _serve(sock: socket.socket, limits: dict[str, Any], ns: dict[str, Any], sink
 
 
 def _start(start: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], FrameSink, OutputCapture]:
-    """Phase 2: the episode's limits and inputs. ``fds`` are the video file first when there is one (read
-    through its descriptor: its directory is not in view; reopening it for writing through /proc/self/fd
-    is refused by Landlock, which checks the file's real path), then one sealed memfd per input image."""
+    """Phase 2: the episode's limits and inputs. ``fds`` are one sealed memfd per input image, then, for a
+    video, a socket to the host's video service bound to that one video (the worker never sees its file)."""
     limits = start["limits"]
     resource.setrlimit(resource.RLIMIT_FSIZE, (limits["max_file_mb"] << 20,) * 2)
     resource.setrlimit(resource.RLIMIT_NOFILE, (limits["max_open_files"],) * 2)
-    video_fd, image_fds = (fds[0], fds[1:]) if start["video"] else (None, fds)
     sink = FrameSink(limits["max_frames_per_step"], limits["max_frames_per_episode"], limits["max_frame_pixels"])
-    video_path = None if video_fd is None else f"/proc/self/fd/{video_fd}"
-    ns = _build_namespace(start, image_fds, video_path, Hooks(sink))
+    ns = _build_namespace(start, fds, Hooks(sink))
     output = OutputCapture(limits["max_output_chars"])
     _limit_memory(limits["memory_limit_mb"])
     return ns, sink, output

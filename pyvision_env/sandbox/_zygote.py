@@ -67,8 +67,6 @@ def _preload() -> None:
     from pyvision_env.media import video  # noqa: F401
     from pyvision_env.sandbox import _worker  # noqa: F401
 
-    if video.available_backend() == "decord":
-        import decord  # noqa: F401
     cv2.setNumThreads(1)
     fig, ax = plt.subplots()  # warm the renderer and the font cache once, for every worker
     ax.plot([0, 1], [0, 1])

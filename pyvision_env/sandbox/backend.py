@@ -14,7 +14,7 @@ import importlib.util
 import os
 import socket
 from collections.abc import Sequence
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from ..errors import ConfigError
 from ..media.images import ImageLike
@@ -30,6 +30,8 @@ class EpisodeSession(Protocol):
     """One episode's interpreter, wherever it runs. State persists across executions until ``close``."""
 
     config: SandboxConfig
+    video_facts: dict[str, Any] | None
+    """The video's frames, fps, width and height (what ``video_clue_0`` reports); None without a video."""
 
     @property
     def closed(self) -> bool: ...

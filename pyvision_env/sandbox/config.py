@@ -35,4 +35,3 @@ class SandboxConfig(BaseModel):
                                    "in cores (a cgroup quota where the cpu controller is available).")
     max_processes: int = Field(301, ge=301, description="PIDs in the episode's PID namespace (the "
                                "kernel's minimum is 301); RLIMIT_NPROC where there is no PID namespace.")
-    video_cache_mb: int = Field(512, ge=0, description="Decoded video frames kept per episode.")

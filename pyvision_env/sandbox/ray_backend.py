@@ -115,7 +115,7 @@ class NodeSandbox:
         sid = next(self._ids)
         self._sessions[sid] = (session, held)
         self._opened += 1
-        return {"sid": sid, "isolation": session.isolation, **self._load()}
+        return {"sid": sid, "isolation": session.isolation, "video_facts": session.video_facts, **self._load()}
 
     async def _local(self, item: _Input, held: list[str]) -> Any:
         digest, name, box = item
@@ -564,6 +564,7 @@ class RaySession:
         self._actor = actor
         self._sid: int = reply["sid"]
         self._isolation: IsolationReport = reply["isolation"]
+        self.video_facts: dict[str, Any] | None = reply["video_facts"]
         self._lost: str | None = None
         self._finalizer = weakref.finalize(self, RaySession._release, backend, actor, self._sid)
         self._finalizer.atexit = False
