@@ -284,13 +284,10 @@ def test_turn_budget_follows_max_assistant_turns_unless_the_yaml_sets_max_turns(
         assert out.extra_fields["num_turns"] == 1 + turns + (turns - 1) and not out.extra_fields["broken"]
 
 
-def test_code_runs_off_the_event_loop(make_loop, make_row, scripted, tmp_path):
-    """The sandboxed code waits for a file that only another coroutine of the same event loop writes:
-    it sees the file only if the env step does not block the loop."""
-    flag = tmp_path / "flag"
-    wait = (f"import os, time\nfor _ in range(500):\n    if os.path.exists({str(flag)!r}):\n"
-            "        print('flag seen')\n        break\n    time.sleep(0.01)\nelse:\n    print('no flag')")
-    server = scripted([scripted.code(wait), scripted.answer("1")])
+def test_code_runs_off_the_event_loop(make_loop, make_row, scripted):
+    """While the sandboxed code sleeps for a second, another coroutine of the same event loop keeps
+    ticking: it can only if the env step does not block the loop (a blocked loop gives it a tick or two)."""
+    server = scripted([scripted.code("import time\ntime.sleep(1.0)\nprint('slept')"), scripted.answer("1")])
     generate, first_turn_sent = server.generate, asyncio.Event()
 
     async def generate_then_signal(*args: Any, **kwargs: Any) -> Any:
@@ -299,20 +296,26 @@ def test_code_runs_off_the_event_loop(make_loop, make_row, scripted, tmp_path):
         return output
 
     server.generate = generate_then_signal
+    ticks: list[float] = []
+    finished = asyncio.Event()
 
-    async def write_flag() -> None:
+    async def tick() -> None:
         await first_turn_sent.wait()
-        await asyncio.sleep(0.1)
-        flag.write_text("go")
+        while not finished.is_set():
+            ticks.append(asyncio.get_running_loop().time())
+            await asyncio.sleep(0.01)
 
     async def main() -> Any:
-        writer = asyncio.create_task(write_flag())
-        out = await make_loop(server).run(dict(SAMPLING), **make_row(suite("synthetic-image")[0]))
-        await writer
-        return out
+        ticker = asyncio.create_task(tick())
+        try:
+            return await make_loop(server).run(dict(SAMPLING), **make_row(suite("synthetic-image")[0]))
+        finally:
+            finished.set()
+            await ticker
 
     out = asyncio.run(main())
-    assert "Text Result:\nflag seen\n" in server.tokenizer.decode(out.response_ids)
+    assert "Text Result:\nslept\n" in server.tokenizer.decode(out.response_ids)
+    assert len(ticks) >= 20, f"the event loop ticked {len(ticks)} times during a 1 s execution"
 
 
 def test_an_env_that_does_not_answer_in_time_drops_the_episode(make_loop, make_row, scripted):
