@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from ..background import BackgroundLoop
 from ..errors import ConfigError
 from ..protocol import ParsedTurn, format_interpreter_text, get_protocol
-from ..rewards import LLMJudge, RewardComponents, episode_reward, is_right, judge
+from ..rewards import LLMJudge, RewardComponents, accuracy_of, episode_reward
 from ..sandbox import ExecutionResult, Session, get_sandbox
 from ..sandbox._sandbox import _thread_pool
 from ..tasks import Task, load_tasks, to_task
@@ -203,12 +203,8 @@ class PyVisionEnv(gym.Env[dict, str]):
             if self._llm_judge is not None:
                 score = _run_judge(self._llm_judge.score(task.question, task.answer, ep.prediction))
             else:
-                opts: dict[str, Any] = {}
-                if task.answer_type == "choice" and task.choices:
-                    opts["choices"] = task.choices
-                score = judge(ep.prediction, task.answer, task.answer_type, **opts)
-        # accuracy is binary: "right" is the judges' shared rule (MRA counts from 0.5, as in PyVision-RL)
-        accuracy = 1.0 if score is not None and is_right(score) else 0.0
+                score = task.judge(ep.prediction)
+        accuracy = accuracy_of(score, task.answer_type, self.config.mra_reward)
         components = episode_reward(accuracy, ep.n_tool_calls, per_call=self.config.tool_reward_per_call,
                                     cap=self.config.tool_reward_cap,
                                     format_reward=self.config.format_error_reward * ep.n_format_errors)

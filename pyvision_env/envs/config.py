@@ -43,6 +43,8 @@ class EnvConfig(BaseModel):
     visual_token_rule: str = Field("qwen2.5-vl", description="How visual tokens are estimated.")
     visual_token_min_pixels: int = Field(QWEN_MIN_PIXELS, ge=1)
     visual_token_max_pixels: int = Field(QWEN_MAX_PIXELS, ge=1)
+    mra_reward: Literal["graded", "binary"] = Field("binary", description="How an 'mra' task pays: binary (1 "
+                                                    "from an MRA score of 0.5) or graded (the score, as PyVision-RL).")
     judge: Literal["rule", "llm"] = Field("rule", description="rule: the judge of the task's answer_type; "
                                           "llm: an OpenAI-compatible judge model (llm_judge settings).")
     llm_judge: LLMJudgeConfig | None = None
