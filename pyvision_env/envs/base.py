@@ -7,8 +7,10 @@ soon as the episode ends, so thousands of finished episodes hold no processes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import threading
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -20,7 +22,8 @@ from pydantic import ValidationError
 
 from ..background import BackgroundLoop
 from ..errors import ConfigError
-from ..protocol import ParsedTurn, format_interpreter_text, get_protocol
+from ..prompts import RL_IMAGE_TEMPLATE, RL_VIDEO_TEMPLATE, check_template, load_prompt_template
+from ..protocol import ParsedTurn, get_protocol, replace_surrogates
 from ..rewards import LLMJudge, RewardComponents, accuracy_of, episode_reward
 from ..sandbox import ExecutionResult, Session, get_sandbox
 from ..sandbox._sandbox import _thread_pool
@@ -29,7 +32,6 @@ from ..visual_tokens import get_rule
 from .config import EnvConfig
 from .spaces import Frames, UnicodeText
 
-_MAX_TURN_CHARS = 1_000_000
 _MAX_OBS_CHARS = 10_000_000
 
 
@@ -64,11 +66,13 @@ class PyVisionEnv(gym.Env[dict, str]):
             raise ConfigError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.render_mode = render_mode
         self.tasks = load_tasks(self.config.tasks, self.modality)
-        self.protocol = get_protocol(self.config.dialect, image_placeholder=self.config.image_placeholder)
+        self.protocol = get_protocol(self.config.dialect, image_placeholder=self.config.image_placeholder,
+                                     modality=self.modality)
+        self.prompt_template = self._load_template()
         self._token_rule = get_rule(self.config.visual_token_rule)
         self._sandbox = get_sandbox(isolation=self.config.isolation)
         self._llm_judge = LLMJudge(self.config.llm_judge) if self.config.judge == "llm" else None
-        self.action_space = UnicodeText(_MAX_TURN_CHARS)
+        self.action_space = UnicodeText(self.config.max_turn_chars)
         self.observation_space = spaces.Dict({"text": UnicodeText(_MAX_OBS_CHARS),
                                               "images": Frames(max_frames=1024, max_pixels=1 << 31)})
         self._episode: _Episode | None = None
@@ -102,7 +106,7 @@ class PyVisionEnv(gym.Env[dict, str]):
         if not isinstance(action, str):
             raise TypeError(f"an action is the model's turn as a str, got {type(action).__name__}")
         ep.turn += 1
-        parsed = self.protocol.parse(action)
+        parsed = self._parse(action)
         result: ExecutionResult | None = None
         terminated = False
         frames: tuple[np.ndarray, ...] = ()
@@ -112,9 +116,7 @@ class PyVisionEnv(gym.Env[dict, str]):
             result = ep.session.execute(parsed.code)
             ep.n_tool_calls += 1
             frames = result.frames
-            text = self.protocol.format_observation(
-                format_interpreter_text(result.stdout, result.stderr, result.error, result.notes, result.timed_out),
-                n_images=len(frames), first_image_index=ep.n_images)
+            text = self.protocol.format_result(result, first_image_index=ep.n_images, notes=parsed.notes)
             ep.n_images += len(frames)
             ep.visual_tokens += self._tokens(frames)
             if self.config.end_on_error and not result.ok:
@@ -122,6 +124,8 @@ class PyVisionEnv(gym.Env[dict, str]):
         else:
             ep.n_format_errors += 1
             text = self.protocol.format_error_observation(parsed)
+            if self.config.end_on_format_error:
+                ep.end_reason, terminated = "format_error", True
         truncated = not terminated and ep.turn >= self.config.max_turns
         if truncated:
             ep.end_reason = "max_turns"
@@ -159,6 +163,32 @@ class PyVisionEnv(gym.Env[dict, str]):
         super().close()
 
     # -- parts -----------------------------------------------------------------------------------------
+
+    def _parse(self, action: str) -> ParsedTurn:
+        """The protocol's reading of a turn that is within the action bound and valid Unicode: a longer
+        turn is a format error (nothing in it runs); invalid Unicode is replaced, with a note."""
+        if len(action) > self.config.max_turn_chars:
+            return ParsedTurn(code=None, answer=None, n_code_blocks=0, format_error=(
+                f"the turn has {len(action):,} characters, more than the {self.config.max_turn_chars:,} a turn may "
+                f"have (max_turn_chars); nothing in it was run"))
+        action, n_bad = replace_surrogates(action)
+        parsed = self.protocol.parse(action)
+        if n_bad:
+            note = (f"the turn held {n_bad} invalid Unicode character(s) (lone surrogates); they were replaced by "
+                    f"U+FFFD")
+            parsed = dataclasses.replace(parsed, notes=(note, *parsed.notes))
+        return parsed
+
+    def _load_template(self) -> str | None:
+        """The user-turn template of ``profile="pyvision_rl"`` (None for ours), checked at make time."""
+        if self.config.profile != "pyvision_rl":
+            return None
+        if self.config.prompt_template is None:
+            warnings.warn(f"{self.env_id} with profile='pyvision_rl' and no prompt_template uses our own wording of "
+                          "the prompt; exact reproduction of PyVision-RL needs their template: "
+                          "prompt_template='rl_system_prompt_template.json#KEY'", UserWarning, stacklevel=3)
+            return RL_IMAGE_TEMPLATE if self.modality == "image" else RL_VIDEO_TEMPLATE
+        return check_template(load_prompt_template(self.config.prompt_template), self.modality)
 
     def _pick_task(self, options: dict[str, Any]) -> Task:
         unknown = set(options) - {"task", "task_index"}

@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from ..errors import ConfigError, MediaError
-from ..prompts import VideoFacts, system_prompt, video_user_prompt
+from ..prompts import VideoFacts, rl_video_user_prompt, system_prompt, video_user_prompt
 from ..sandbox import Session
 from ..tasks import Task
 from ..visual_tokens import uniform_sampling_tokens
@@ -39,12 +39,17 @@ class PyVisionVideoEnv(PyVisionEnv):
         except (ValueError, TypeError) as exc:
             raise MediaError(f"cannot read the video {task.video!r}: {result.error or result.stdout}") from exc
         facts = VideoFacts(frames=int(frames), fps=float(fps), width=int(width), height=int(height))
-        system = self.config.system_prompt or system_prompt(self.config.prompt_style, "video")
-        user = video_user_prompt(task.question, facts)
+        placeholder = self.config.image_placeholder
+        if self.prompt_template is not None:
+            system = self.config.system_prompt
+            user = rl_video_user_prompt(self.prompt_template, task.question, facts, placeholder)
+        else:
+            system = self.config.system_prompt or system_prompt("video")
+            user = video_user_prompt(task.question, facts, placeholder)
         uniform = uniform_sampling_tokens(min(self.config.uniform_baseline_frames, facts.frames), facts.height,
                                           facts.width, self._token_rule,
                                           min_pixels=self.config.visual_token_min_pixels,
                                           max_pixels=self.config.visual_token_max_pixels)
         extra = {"system_prompt": system, "user_prompt": user, "visual_tokens_uniform": uniform,
                  "video": facts.__dict__ | {"duration_s": facts.duration_s}}
-        return f"{system}\n\n{user}", (), extra
+        return user if system is None else f"{system}\n\n{user}", (), extra
