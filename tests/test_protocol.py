@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pyvision_env.errors import ConfigError
 from pyvision_env.protocol import (
@@ -372,3 +375,22 @@ def test_parse_benchmark_prints_every_dialect(tmp_path, capsys):
     assert set(figures["times_s"]) == set(PROTOCOLS) and figures["baseline"]["old_regex_s"] > 0
     printed = capsys.readouterr().out
     assert all(f" {name} " in printed for name in PROTOCOLS) and "0.2.0 regex" in printed
+
+
+# The scanners agree with the patterns they replace (0.2.0's regexes, quadratic on long blank runs but
+# exact), on random turns built from the pieces that matter.
+_REFERENCE_FENCE = re.compile(r"```(?:[ \t]*([\w+.-]*)[ \t]*\n)?(.*?)(?:```|\Z)", re.DOTALL)
+PIECES = ["<code>", "</code>", "<CODE>", "<answer>", "</Answer>", "<tool_call>", "</tool_call>", "```", "```python\n",
+          "``` py \n", "```\t\n", " ", "\t", "\n", "x = 1", "`", "<", "/", "é", "_"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=30).map("".join), st.sampled_from(["code", "answer", "tool_call"]))
+def test_scanners_agree_with_the_reference_patterns(turn: str, tag: str) -> None:
+    from pyvision_env.protocol import _body, _fences, _tag_blocks
+
+    assert [(f.label, _body(turn, f), f.start, f.end) for f in _fences(turn)] == [
+        (m.group(1) or "", m.group(2), m.start(), m.end()) for m in _REFERENCE_FENCE.finditer(turn)]
+    reference = re.compile(rf"<{tag}>(.*?)(?:</{tag}>|(?=<{tag}>)|\Z)", re.IGNORECASE | re.DOTALL)
+    assert [(_body(turn, b), b.start, b.end) for b in _tag_blocks(turn, tag)] == [
+        (m.group(1), m.start(), m.end()) for m in reference.finditer(turn)]
