@@ -73,7 +73,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, help="nucleus sampling (policy default)")
     p.add_argument("--max-tokens", type=int, metavar="N", help="tokens per model turn (policy default)")
     p.add_argument("--env-config", default="{}", metavar="JSON", help="more env settings as a JSON object, "
-                   'e.g. \'{"exec_timeout_s": 10, "prompt_style": "pyvision_rl"}\'')
+                   'e.g. \'{"exec_timeout_s": 10, "profile": "pyvision_rl"}\'')
     p.add_argument("--policy-config", default="{}", metavar="JSON", help="more policy constructor arguments as a "
                    'JSON object, e.g. \'{"engine_kwargs": {"max_model_len": 8192}}\' for vllm or '
                    '\'{"timeout_s": 300}\' for openai')

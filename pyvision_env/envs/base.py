@@ -9,7 +9,9 @@ soon as the episode ends, so thousands of finished episodes hold no processes. `
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -21,8 +23,9 @@ from pydantic import ValidationError
 
 from ..background import BackgroundLoop
 from ..errors import ConfigError, describe_validation_error
-from ..protocol import ParsedTurn, format_interpreter_text, get_protocol
-from ..rewards import LLMJudge, RewardComponents, episode_reward, is_right, judge
+from ..prompts import RL_IMAGE_TEMPLATE, RL_VIDEO_TEMPLATE, check_template, load_prompt_template
+from ..protocol import ParsedTurn, get_protocol, replace_surrogates
+from ..rewards import LLMJudge, RewardComponents, accuracy_of, episode_reward
 from ..sandbox import ExecutionResult
 from ..sandbox._sandbox import _thread_pool
 from ..sandbox.backend import EpisodeSession, get_backend
@@ -31,7 +34,6 @@ from ..visual_tokens import get_rule
 from .config import EnvConfig
 from .spaces import Frames, UnicodeText
 
-_MAX_TURN_CHARS = 1_000_000
 _MAX_OBS_CHARS = 10_000_000
 
 
@@ -67,11 +69,13 @@ class PyVisionEnv(gym.Env[dict, str]):
             raise ConfigError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.render_mode = render_mode
         self.tasks = load_tasks(self.config.tasks, self.modality)
-        self.protocol = get_protocol(self.config.dialect, image_placeholder=self.config.image_placeholder)
+        self.protocol = get_protocol(self.config.dialect, image_placeholder=self.config.image_placeholder,
+                                     modality=self.modality)
+        self.prompt_template = self._load_template()
         self._token_rule = get_rule(self.config.visual_token_rule)
         self._backend = get_backend(self.config.sandbox_backend, self.config.isolation, self.config.ray_node_resource)
         self._llm_judge = LLMJudge(self.config.llm_judge) if self.config.judge == "llm" else None
-        self.action_space = UnicodeText(_MAX_TURN_CHARS)
+        self.action_space = UnicodeText(self.config.max_turn_chars)
         self.observation_space = spaces.Dict({"text": UnicodeText(_MAX_OBS_CHARS),
                                               "images": Frames(max_frames=1024, max_pixels=1 << 31)})
         self._episode: _Episode | None = None
@@ -136,7 +140,7 @@ class PyVisionEnv(gym.Env[dict, str]):
         if not isinstance(action, str):
             raise TypeError(f"an action is the model's turn as a str, got {type(action).__name__}")
         ep.turn += 1
-        return ep, self.protocol.parse(action)
+        return ep, self._parse(action)
 
     def _finish_step(self, ep: _Episode, parsed: ParsedTurn, result: ExecutionResult | None
                      ) -> tuple[dict, float, bool, bool, dict]:
@@ -148,9 +152,7 @@ class PyVisionEnv(gym.Env[dict, str]):
         elif result is not None:
             ep.n_tool_calls += 1
             frames = result.frames
-            text = self.protocol.format_observation(
-                format_interpreter_text(result.stdout, result.stderr, result.error, result.notes, result.timed_out),
-                n_images=len(frames), first_image_index=ep.n_images)
+            text = self.protocol.format_result(result, first_image_index=ep.n_images, notes=parsed.notes)
             ep.n_images += len(frames)
             ep.visual_tokens += self._tokens(frames)
             if self.config.end_on_error and not result.ok:
@@ -158,6 +160,8 @@ class PyVisionEnv(gym.Env[dict, str]):
         else:
             ep.n_format_errors += 1
             text = self.protocol.format_error_observation(parsed)
+            if self.config.end_on_format_error:
+                ep.end_reason, terminated = "format_error", True
         truncated = not terminated and ep.turn >= self.config.max_turns
         if truncated:
             ep.end_reason = "max_turns"
@@ -187,6 +191,32 @@ class PyVisionEnv(gym.Env[dict, str]):
         super().close()
 
     # -- parts -----------------------------------------------------------------------------------------
+
+    def _parse(self, action: str) -> ParsedTurn:
+        """The protocol's reading of a turn that is within the action bound and valid Unicode: a longer
+        turn is a format error (nothing in it runs); invalid Unicode is replaced, with a note."""
+        if len(action) > self.config.max_turn_chars:
+            return ParsedTurn(code=None, answer=None, n_code_blocks=0, format_error=(
+                f"the turn has {len(action):,} characters, more than the {self.config.max_turn_chars:,} a turn may "
+                f"have (max_turn_chars); nothing in it was run"))
+        action, n_bad = replace_surrogates(action)
+        parsed = self.protocol.parse(action)
+        if n_bad:
+            note = (f"the turn held {n_bad} invalid Unicode character(s) (lone surrogates); they were replaced by "
+                    f"U+FFFD")
+            parsed = dataclasses.replace(parsed, notes=(note, *parsed.notes))
+        return parsed
+
+    def _load_template(self) -> str | None:
+        """The user-turn template of ``profile="pyvision_rl"`` (None for ours), checked at make time."""
+        if self.config.profile != "pyvision_rl":
+            return None
+        if self.config.prompt_template is None:
+            warnings.warn(f"{self.env_id} with profile='pyvision_rl' and no prompt_template uses our own wording of "
+                          "the prompt; exact reproduction of PyVision-RL needs their template: "
+                          "prompt_template='rl_system_prompt_template.json#KEY'", UserWarning, stacklevel=3)
+            return RL_IMAGE_TEMPLATE if self.modality == "image" else RL_VIDEO_TEMPLATE
+        return check_template(load_prompt_template(self.config.prompt_template), self.modality)
 
     def _pick_task(self, options: dict[str, Any]) -> Task:
         unknown = set(options) - {"task", "task_index"}
@@ -231,12 +261,8 @@ class PyVisionEnv(gym.Env[dict, str]):
             if self._llm_judge is not None:
                 score = _run_judge(self._llm_judge.score(task.question, task.answer, ep.prediction))
             else:
-                opts: dict[str, Any] = {}
-                if task.answer_type == "choice" and task.choices:
-                    opts["choices"] = task.choices
-                score = judge(ep.prediction, task.answer, task.answer_type, **opts)
-        # accuracy is binary: "right" is the judges' shared rule (MRA counts from 0.5, as in PyVision-RL)
-        accuracy = 1.0 if score is not None and is_right(score) else 0.0
+                score = task.judge(ep.prediction)
+        accuracy = accuracy_of(score, task.answer_type, self.config.mra_reward)
         components = episode_reward(accuracy, ep.n_tool_calls, per_call=self.config.tool_reward_per_call,
                                     cap=self.config.tool_reward_cap,
                                     format_reward=self.config.format_error_reward * ep.n_format_errors)

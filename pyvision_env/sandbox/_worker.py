@@ -107,16 +107,21 @@ def _limit_memory(budget_mb: int) -> None:
 
 
 def _build_namespace(spawn: dict[str, Any], image_fds: list[int], hooks: Hooks) -> dict[str, Any]:
+    import base64
+    import io
+
     import cv2
+    import matplotlib
     import matplotlib.pyplot as plt
     import numpy as np
     from PIL import Image
 
     from ..media import video as video_mod
 
+    # the names PyVision-RL's runtime predefines (io, base64, matplotlib too), so its models' code runs as is
     ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__, "np": np, "plt": plt,
-                          "Image": Image, "cv2": cv2, "display": hooks.display,
-                          "VideoReader": video_mod.VideoReader, "cpu": video_mod.cpu}
+                          "Image": Image, "cv2": cv2, "io": io, "base64": base64, "matplotlib": matplotlib,
+                          "display": hooks.display, "VideoReader": video_mod.VideoReader, "cpu": video_mod.cpu}
     for i, ((h, w), fd) in enumerate(zip(spawn["images"], image_fds)):
         ns[f"image_clue_{i}"] = _map_image(fd, h, w)
         os.close(fd)
