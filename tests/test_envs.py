@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 import warnings
 
 import gymnasium as gym
@@ -415,3 +416,25 @@ def test_image_max_pixels_downscales_the_observation_not_the_interpreter(image_t
     *_, info = env.step(code_turn("print(image_clue_0.size)"))
     assert info["stdout"] == "(60, 40)\n"
     env.close()
+
+
+def test_an_input_image_is_decoded_once_for_every_reset_on_it(tmp_path):
+    from unittest import mock
+
+    from PIL import Image
+
+    path = tmp_path / "shared.png"
+    Image.fromarray(np.full((40, 60, 3), 7, np.uint8)).save(path)
+    task = {"question": "q", "answer": "1", "images": [str(path)]}
+    env = gym.make("PyVisionImage-v0", tasks=[task])
+    try:
+        with mock.patch.object(Image, "open", wraps=Image.open) as opened:
+            firsts = [env.reset(options={"task_index": 0})[0]["images"][0] for _ in range(3)]
+            assert opened.call_count == 1  # a GRPO group on one image decodes it once
+            assert all(f is firsts[0] for f in firsts) and not firsts[0].flags.writeable
+            time.sleep(0.01)
+            Image.fromarray(np.full((40, 60, 3), 9, np.uint8)).save(path)  # the file changes: decoded again
+            changed = env.reset(options={"task_index": 0})[0]["images"][0]
+            assert opened.call_count == 2 and int(changed[0, 0, 0]) == 9
+    finally:
+        env.close()

@@ -56,7 +56,7 @@ def test_misspelled_inline_task_keys_name_the_task_and_the_closest_key():
     error = make_error(tasks=[{"question": "How many cats are on the sofa, counting the kitten?", "image": "a.png"}])
     assert str(error) == ("invalid task #0 without an id (question 'How many cats are on the sofa, counting...'): "
                           "unknown key 'image' (did you mean 'images'?); a task holds id, question, answer, "
-                          "answer_type, choices, images, video, data_source, metadata")
+                          "answer_type, choices, judge_options, images, video, data_source, metadata")
     error = make_error(tasks=[{"id": "t7", "question": "q", "images": ["a.png"], "answr": "3"}])
     assert str(error).startswith("invalid task 't7': unknown key 'answr' (did you mean 'answer'?)")
     assert "pydantic" not in "".join(traceback.format_exception(error))
@@ -70,8 +70,8 @@ def test_misspelled_task_file_keys_are_refused_other_columns_kept(tmp_path):
     path.write_text(json.dumps({"id": "a", "question": "Colour?", "answer": "red", "image_pth": "a.png"}) + "\n")
     error = make_error(tasks=str(path))
     assert str(error) == (f"{path}: row 1: unknown key 'image_pth' (did you mean 'image_path'?); a task row holds "
-                          "answer, answer_type, choices, data_source, id, image_path, images, metadata, question, "
-                          "video, video_path (other columns go to metadata)")
+                          "answer, answer_type, choices, data_source, id, image_path, images, judge_options, "
+                          "metadata, question, video, video_path (other columns go to metadata)")
     rows = [{"id": "a", "question": "Colour?", "answr": "red", "image_path": "a.png"}]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     assert "row 1: unknown key 'answr' (did you mean 'answer'?)" in str(make_error(tasks=str(path)))
@@ -84,8 +84,9 @@ def test_misspelled_task_file_keys_are_refused_other_columns_kept(tmp_path):
              "image_id": 17, "category": "easy", "answers": ["red", "crimson"]}]
     path.write_text(json.dumps(rows[0]))
     env = gym.make("PyVisionImage-v0", tasks=str(path))
-    assert env.unwrapped.tasks[0].metadata == {"question_type": "colour", "image_id": 17, "category": "easy",
-                                                "answers": ["red", "crimson"]}
+    metadata = dict(env.unwrapped.tasks[0].metadata)
+    assert metadata.pop("inferred")["answer_type"] == "text"  # no answer_type: inferred and reported
+    assert metadata == {"question_type": "colour", "image_id": 17, "category": "easy", "answers": ["red", "crimson"]}
     env.close()
 
 

@@ -133,7 +133,8 @@ class PyVisionEnv(gym.Env[dict, str]):
         ep.last_frames = images
         info = self._info(None)
         info.update(extra, isolation=str(ep.session.isolation), sandbox_node=self._backend.node_of(ep.session))
-        return {"text": text, "images": tuple(np.array(i) for i in images)}, info
+        # read-only arrays (decoded files, shared by every episode on that image) go out as they are
+        return {"text": text, "images": tuple(i if not i.flags.writeable else np.array(i) for i in images)}, info
 
     def _begin_step(self, action: str) -> tuple[_Episode, ParsedTurn]:
         ep = self._running_episode()
