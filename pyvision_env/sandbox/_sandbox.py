@@ -88,6 +88,9 @@ class _ImageStore:
         if key is None:
             return fd, shape
         with self._lock:
+            if key in self._entries:  # another thread stored it meanwhile: keep one copy
+                os.close(fd)
+                return os.dup(self._entries[key][0]), shape
             self._entries[key] = (fd, shape)
             self._bytes += shape[0] * shape[1] * 4
             while self._bytes > self._capacity and len(self._entries) > 1:
