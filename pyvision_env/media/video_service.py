@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import select
-import signal
 import socket
 import subprocess
 import sys
@@ -171,16 +170,8 @@ class VideoService:
         self.problems = ready.get("problems", [])
 
     def _stop(self) -> None:
-        if self._ctrl is not None:
-            self._ctrl.close()  # EOF: the service kills its decoder and exits
-            self._ctrl = None
-        if self._proc is not None:
-            try:
-                self._proc.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-                self._proc.wait()
-            self._proc = None
+        _wire.stop_helper(self._ctrl, self._proc)  # EOF: it kills what it started and exits
+        self._ctrl = self._proc = None
 
     def close(self) -> None:
         with self._lock:

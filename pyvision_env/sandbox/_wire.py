@@ -13,8 +13,10 @@ from __future__ import annotations
 import array
 import json
 import os
+import signal
 import socket
 import struct
+import subprocess
 import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -121,3 +123,16 @@ def recv(sock: socket.socket, max_header: int, max_buffers: int, max_fds: int = 
         _recv_exact_into(sock, memoryview(buf), deadline)
         buffers.append(buf)
     return Message(header, buffers, fds, pid)
+
+
+def stop_helper(ctrl: socket.socket | None, proc: subprocess.Popen[bytes] | None) -> None:
+    """End a helper process we talk to over ``ctrl`` (the zygote, the video service): closing the socket is
+    its signal to kill what it started and exit; one that has not exited 2 s later is killed with its group."""
+    if ctrl is not None:
+        ctrl.close()
+    if proc is not None:
+        try:
+            proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

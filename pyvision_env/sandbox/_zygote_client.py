@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -159,16 +158,8 @@ class ZygoteClient:
             return "(no zygote.log)"
 
     def _stop(self) -> None:
-        if self._ctrl is not None:
-            self._ctrl.close()  # EOF: the zygote kills every worker and exits
-            self._ctrl = None
-        if self._proc is not None:
-            try:
-                self._proc.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-                self._proc.wait()
-            self._proc = None
+        _wire.stop_helper(self._ctrl, self._proc)  # EOF: it kills what it started and exits
+        self._ctrl = self._proc = None
 
     def close(self) -> None:
         with self._lock:
