@@ -65,17 +65,22 @@ def exposed_paths() -> list[str]:
     return [p for p in (*_SYSTEM_DIRS, *_ETC, *python_paths()) if os.path.lexists(p)]
 
 
-def build_root(new_root: str) -> None:
+def build_root(new_root: str) -> list[str]:
     """Build the minimal root on a tmpfs at ``new_root``, pivot into it and make it read-only.
 
-    Runs once in the zygote (inside its user, mount and PID namespaces, after the preloads).
+    Runs once in the zygote (inside its user, mount and PID namespaces, after the preloads). Returns the
+    exposed paths that lie under /tmp (a virtual environment in a fresh clone under /tmp, say): there /tmp is
+    a directory of the root holding their binds, and each worker rebuilds them over its own /tmp
+    (:func:`enter_worker_root`); elsewhere /tmp is a link to the worker's scratch.
     """
     iso.mount(None, "/", None, iso.MS_REC | iso.MS_PRIVATE)  # nothing we mount propagates to the host
     os.makedirs(new_root, exist_ok=True)
     iso.mount("tmpfs", new_root, "tmpfs", iso.MS_NOSUID | iso.MS_NODEV, "mode=0755,size=4m")
     bound: list[str] = []
-    for path in exposed_paths():
+    paths = [p for p in exposed_paths() if not _beneath(os.path.realpath(p), {SANDBOX, "/proc", "/dev"})]
+    for path in paths:
         _expose(new_root, path, bound)
+    tmp_paths = [p for p in bound if _beneath(p, {"/tmp"})]
     etc = os.path.join(new_root, "etc")
     os.makedirs(etc, exist_ok=True)
     for name, text in (("passwd", _PASSWD), ("group", _GROUP), ("hostname", "sandbox\n"),
@@ -90,13 +95,15 @@ def build_root(new_root: str) -> None:
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
                          ("stderr", "/proc/self/fd/2"), ("shm", TMP)):
         os.symlink(target, os.path.join(dev, name))
-    os.symlink(TMP, os.path.join(new_root, "tmp"))
+    if not tmp_paths:
+        os.symlink(TMP, os.path.join(new_root, "tmp"))
     os.makedirs(new_root + SANDBOX)
     os.makedirs(os.path.join(new_root, "proc"))
     # The zygote's own /proc: a worker may mount a fresh proc only where one is already fully visible.
     iso.mount("proc", os.path.join(new_root, "proc"), "proc", iso.MS_NOSUID | iso.MS_NODEV | iso.MS_NOEXEC)
     iso.pivot_root(new_root)
     iso.mount(None, "/", None, iso.MS_REMOUNT | iso.MS_BIND | iso.MS_RDONLY | iso.MS_NOSUID | iso.MS_NODEV)
+    return tmp_paths
 
 
 def _expose(new_root: str, path: str, bound: list[str]) -> None:
@@ -131,12 +138,13 @@ def _recreate_links(new_root: str, path: str, depth: int) -> None:
         current = host
 
 
-def enter_worker_root(scratch_mb: int, own_network: bool) -> None:
+def enter_worker_root(scratch_mb: int, own_network: bool, tmp_paths: list[str]) -> None:
     """Per worker, right after fork: own mount, IPC and UTS namespaces, a fresh scratch tmpfs of
     ``scratch_mb`` MiB and a fresh ``/proc`` of the worker's PID namespace (the worker is its PID 1).
 
     ``own_network`` adds a network namespace (~0.5 ms more, and more work for the kernel at exit): needed
-    only where Landlock cannot scope abstract unix sockets (ABI < 6), which live per network namespace."""
+    only where Landlock cannot scope abstract unix sockets (ABI < 6), which live per network namespace.
+    ``tmp_paths`` (see :func:`build_root`) are bound again, read-only, inside the worker's writable /tmp."""
     iso.unshare(iso.CLONE_NEWNS | iso.CLONE_NEWIPC | iso.CLONE_NEWUTS | (iso.CLONE_NEWNET if own_network else 0))
     iso.mount("tmpfs", SANDBOX, "tmpfs", iso.MS_NOSUID | iso.MS_NODEV,
               f"mode=0755,size={scratch_mb}m,nr_inodes={max(1024, scratch_mb * 64)}")
@@ -144,4 +152,15 @@ def enter_worker_root(scratch_mb: int, own_network: bool) -> None:
     os.mkdir(TMP, 0o1777)
     iso.mount("proc", "/proc", "proc", iso.MS_NOSUID | iso.MS_NODEV | iso.MS_NOEXEC)
     iso.sethostname("sandbox")
-
+    if tmp_paths:
+        # descriptors of the zygote's binds in this namespace's copy, taken before /tmp is covered
+        held = [(path, os.open(path, os.O_PATH | os.O_CLOEXEC)) for path in tmp_paths]
+        iso.mount(TMP, "/tmp", None, iso.MS_BIND)
+        for path, fd in held:
+            if os.path.isdir(f"/proc/self/fd/{fd}"):
+                os.makedirs(path, exist_ok=True)
+            else:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                open(path, "a").close()
+            iso.bind_read_only(f"/proc/self/fd/{fd}", path)
+            os.close(fd)

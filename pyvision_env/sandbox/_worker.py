@@ -55,7 +55,8 @@ def _apply_isolation(spawn: dict[str, Any], bpf: bytes) -> dict[str, Any]:
                "syscalls": "none"}
     os.setsid()  # killpg(0) or a terminal's signals reach this episode's processes only
     if plan["mountns"]:
-        _rootfs.enter_worker_root(limits["max_scratch_mb"], own_network=plan["landlock_abi"] < 6)
+        _rootfs.enter_worker_root(limits["max_scratch_mb"], own_network=plan["landlock_abi"] < 6,
+                                  tmp_paths=plan["tmp_paths"])
         applied.update(filesystem="private-root", ipc="namespace")
     if plan["pidns"]:
         _isolation.limit_pids_in_namespace(limits["max_processes"])
@@ -74,9 +75,10 @@ def _apply_isolation(spawn: dict[str, Any], bpf: bytes) -> dict[str, Any]:
         _isolation.drop_capabilities()
     abi = plan["landlock_abi"]
     if abi:
-        writable = _rootfs.SANDBOX if plan["mountns"] else scratch
-        rules = [(writable, _isolation.landlock_write_rights(abi) | _isolation.FS_READ),
-                 ("/dev/null", _isolation.FS_WRITE_FILE | _isolation.FS_READ_FILE)]
+        # with a private root, /tmp is the scratch's tmp (a link to it, or a bind where installs live in /tmp)
+        writable = [_rootfs.SANDBOX, "/tmp"] if plan["mountns"] else [scratch]
+        rules = [(path, _isolation.landlock_write_rights(abi) | _isolation.FS_READ) for path in writable]
+        rules.append(("/dev/null", _isolation.FS_WRITE_FILE | _isolation.FS_READ_FILE))
         if not plan["mountns"]:  # the host's files are visible: allow reading only what the interpreter needs
             rules += [(path, _isolation.FS_READ) for path in _rootfs.exposed_paths()]
             rules += [(f"/dev/{name}", _isolation.FS_READ) for name in ("zero", "full", "random", "urandom")]

@@ -37,7 +37,7 @@ def _load_isolation():  # by path: importing the package here would defeat the p
 
 def _enter_namespaces(iso, options: dict) -> dict:
     plan = {"mode": options["mode"], "netns": False, "pidns": False, "mountns": False, "ipcns": False,
-            "landlock_abi": 0, "seccomp": False, "problems": []}
+            "landlock_abi": 0, "seccomp": False, "tmp_paths": [], "problems": []}
     if options["mode"] == "none":
         return plan
     if not options["use_namespaces"]:
@@ -100,7 +100,7 @@ def _isolate(plan: dict, options: dict, iso) -> bytes:
                                 "and abstract unix sockets")
     if plan["mountns"]:
         try:
-            _rootfs.build_root(os.path.join(options["scratch_root"], "root"))
+            plan["tmp_paths"] = _rootfs.build_root(os.path.join(options["scratch_root"], "root"))
         except OSError as exc:
             plan["mountns"] = False
             plan["problems"].append(f"no private root ({exc}): the host's files are hidden by Landlock only")
