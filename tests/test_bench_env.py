@@ -34,8 +34,9 @@ def test_bench_env_measures_ours_beside_jupyter_and_pyvision_rl(capsys: pytest.C
         assert all(s["n"] == 2 and s["p50"] > 0 and s["unit"] == "ms" for s in rows.values()), name
     assert {key for _, key, _, _ in bench_video.ROWS} <= set(report["video"])
     assert report["video"]["ours group"]["n"] == 2 and report["video"]["ours reset"]["n"] == 2
-    assert [t["target"] for t in report["targets"]] == (
-        [label for label, _, _ in bench_env.IMAGE_TARGETS] + [t["target"] for t in bench_video.targets(report["video"])])
+    video_targets = [t["target"] for t in bench_video.targets(report["video"])]
+    image_targets = [label for label, _, _ in bench_env.IMAGE_TARGETS]
+    assert [t["target"] for t in report["targets"]] == image_targets + video_targets
     assert all(isinstance(t["met"], bool) and t["value"] > 0 for t in report["targets"])
     assert set(report["load_average_1min"]) == {"ours image", "pyvision-rl", "jupyter", "ours video", "end"}
     assert "4 s 640x480" in report["media"] and report["isolation"].startswith("network=")
