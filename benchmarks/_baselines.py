@@ -1,4 +1,5 @@
-"""The alternatives ``bench_sandbox.py`` measures next to our sandbox, each small and faithful to its design.
+"""The alternatives ``bench_sandbox.py`` and ``bench_env.py`` measure next to ours, each small and faithful to
+its design.
 
 * ``JupyterBackend``: an IPython kernel per episode via jupyter_client (what most code-interpreter tools
   run), over zmq's ipc transport (its fastest); on a timeout it interrupts, and restarts the kernel if the
@@ -37,9 +38,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from _common import Reply  # noqa: E402 - the benchmarks folder is on sys.path (bench_*.py put it there)
 from PIL import Image  # noqa: E402
-
-from pyvision_agent.bench import Reply  # noqa: E402
 
 _ENV = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
 _IMPORTS = 'import base64, io, sys\nimport cv2, matplotlib\nmatplotlib.use("Agg")\nimport matplotlib.pyplot as plt\n' \

@@ -1,3 +1,5 @@
 """PyVision agents: policies, rollouts, evaluation and training recipes around the PyVision envs."""
 
-__version__ = "0.1.0"
+from pyvision_env import __version__
+
+__all__ = ["__version__"]

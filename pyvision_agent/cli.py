@@ -11,26 +11,41 @@ from .policies import POLICY_KINDS
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="measure the sandbox: reset, step, frame, video, recovery, memory, "
-                       "throughput", description="Benchmark the episode sandbox on this machine and print "
-                       "a table with the spec's targets.")
-    p.add_argument("--quick", action="store_true", help="small time budgets (ours alone: seconds; with "
-                   "baselines: under two minutes)")
+    p = sub.add_parser("bench", help="run the repository's benchmarks: through gym.make (image and video envs), "
+                       "then the sandbox layer alone", description="Run benchmarks/bench_env.py (what a user's "
+                       "gym.make loop gets) and then benchmarks/bench_sandbox.py (the sandbox layer alone) from a "
+                       "source checkout, and print their tables with the targets.")
+    p.add_argument("--quick", action="store_true", help="small time budgets (a few minutes)")
     p.add_argument("--repeat", type=int, metavar="N", help="run every measurement exactly N times "
                    "(overrides the time budgets; for smoke tests)")
-    p.add_argument("--with-baselines", action="store_true", help="also measure the alternatives in the "
-                   "source repository's benchmarks/_baselines.py (Jupyter, python -c, PyVision-RL style)")
-    p.add_argument("--json", metavar="OUT", help="write every number to this JSON file")
+    p.add_argument("--with-baselines", action="store_true", help="also measure the alternatives of "
+                   "benchmarks/_baselines.py (Jupyter, python -c, PyVision-RL style)")
+    p.add_argument("--json", metavar="OUT", help="write every number of both benchmarks to this JSON file")
     p.set_defaults(func=_run_bench)
 
 
+_SOURCE_ROOT = Path(__file__).resolve().parents[1]  # the checkout, for an editable or source install
+
+
 def _run_bench(args: argparse.Namespace) -> int:
-    from . import bench
+    import importlib
+    import sys
 
     if args.repeat is not None and args.repeat < 1:
         raise SystemExit("pyvision bench: --repeat must be at least 1")
-    alternatives = bench.load_baselines() if args.with_baselines else []
-    bench.run(quick=args.quick, repeat=args.repeat, json_out=args.json, alternatives=alternatives)
+    folder = next((root / "benchmarks" for root in (_SOURCE_ROOT, Path.cwd())
+                   if (root / "benchmarks" / "bench_env.py").is_file()), None)
+    if folder is None:
+        print("pyvision bench: the benchmarks live in the repository's benchmarks/ folder, which a wheel does not "
+              "install; run it from a source checkout: git clone <the PyVision repository> pyvision && cd pyvision "
+              "&& pip install -e '.[dev,video]' && pyvision bench", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(folder))  # as `python benchmarks/bench_env.py` finds its modules
+    reports = {name: importlib.import_module(name).run(quick=args.quick, repeat=args.repeat,
+                                                       baselines=args.with_baselines)
+               for name in ("bench_env", "bench_sandbox")}
+    if args.json:
+        importlib.import_module("_common").write_json(args.json, reports)
     return 0
 
 
@@ -73,10 +88,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, help="nucleus sampling (policy default)")
     p.add_argument("--max-tokens", type=int, metavar="N", help="tokens per model turn (policy default)")
     p.add_argument("--env-config", default="{}", metavar="JSON", help="more env settings as a JSON object, "
-                   'e.g. \'{"exec_timeout_s": 10, "prompt_style": "pyvision_rl"}\'')
+                   'e.g. \'{"exec_timeout_s": 10, "profile": "pyvision_rl"}\'')
     p.add_argument("--policy-config", default="{}", metavar="JSON", help="more policy constructor arguments as a "
                    'JSON object, e.g. \'{"engine_kwargs": {"max_model_len": 8192}}\' for vllm or '
                    '\'{"timeout_s": 300}\' for openai')
+    p.add_argument("--sandbox-backend", choices=("local", "ray"), help="where the code runs: local (this machine, "
+                   "the default) or ray (the nodes of the running Ray cluster: RAY_ADDRESS or a local `ray start`)")
     p.add_argument("--no-frames", action="store_true", help="do not save frames as files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_eval)
@@ -84,14 +101,16 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def _run_eval(args: argparse.Namespace) -> int:
     import json
+    import sys
+    from collections import Counter
 
     import gymnasium as gym
 
     from pyvision_env.errors import PyVisionError
 
     from .policies import make_policy
-    from .rollout import rollout
-    from .summary import format_table, summarize
+    from .rollout import TRAJECTORIES, read_records, rollout
+    from .summary import FAILED_END_REASONS, format_table, summarize
 
     for name in ("concurrency", "samples", "limit", "max_turns", "max_tokens"):
         value = getattr(args, name)
@@ -102,6 +121,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     env_kwargs["tasks"] = args.tasks
     if args.max_turns is not None:
         env_kwargs["max_turns"] = args.max_turns
+    if args.sandbox_backend is not None:
+        env_kwargs["sandbox_backend"] = args.sandbox_backend
     sampling = {k: v for k, v in (("temperature", args.temperature), ("top_p", args.top_p),
                                   ("max_tokens", args.max_tokens)) if v is not None}
     try:
@@ -114,14 +135,22 @@ def _run_eval(args: argparse.Namespace) -> int:
         finally:
             policy.close()
     except (PyVisionError, gym.error.Error, ValueError, TypeError, OSError) as exc:
-        raise SystemExit(f"pyvision eval: {exc}") from exc
-    summary = summarize(records)
+        raise SystemExit(f"pyvision eval: {exc}") from None
     out = Path(args.out)
+    run = read_records(out / TRAJECTORIES)  # summary.json describes the directory, as the viewer shows it
+    summary = summarize(run)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(format_table(summary))
-    print(f"\n{len(records)} episodes in {out}/trajectories.jsonl; summary in {out}/summary.json; "
+    extra = f" ({len(run) - len(records)} more than this command asked for)" if len(run) > len(records) else ""
+    print(f"\n{len(run)} episodes in {out}/{TRAJECTORIES}{extra}; summary in {out}/summary.json; "
           f"see them with: pyvision view {out}")
-    return 0
+    failed = [r for r in records if r.get("end_reason") in FAILED_END_REASONS]
+    if failed:
+        causes = Counter(str(r.get("error") or r.get("end_reason")).splitlines()[-1][:200] for r in failed)
+        print(f"\npyvision eval: {len(failed)} of {len(records)} episodes failed and were not judged "
+              f"(running the same command again retries them):\n"
+              + "\n".join(f"  {n} x {cause}" for n, cause in causes.most_common(5)), file=sys.stderr)
+    return 1 if records and len(failed) == len(records) else 0
 
 
 def _json_object(text: str, flag: str) -> dict:
@@ -130,18 +159,21 @@ def _json_object(text: str, flag: str) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise SystemExit(f"pyvision eval: {flag} is not valid JSON: {exc}") from exc
+        raise SystemExit(f"pyvision eval: {flag} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise SystemExit(f"pyvision eval: {flag} must be a JSON object")
     return value
 
 
 def _add_view(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("view", help="write a self-contained HTML page of a run's trajectories",
-                       description="Write one HTML file (frames inline, code highlighted, outputs, rewards, "
-                       "filters by data source and correctness) that opens in any browser, offline.")
-    p.add_argument("run_dir", metavar="DIR", help="an output directory of pyvision eval")
-    p.add_argument("--out", metavar="FILE", help="where to write the page (default DIR/index.html)")
+    p = sub.add_parser("view", help="write a self-contained HTML page of a run, or of several runs compared",
+                       description="Write one HTML file that opens in any browser, offline: the summary, charts of "
+                       "tool calls, turns, visual tokens, accuracy by tool calls, end reasons and data sources, "
+                       "then every episode (frames inline, code highlighted, outputs, rewards). Several "
+                       "directories (checkpoints of a training run, two models) are compared side by side.")
+    p.add_argument("run_dirs", nargs="+", metavar="DIR", help="output directories of pyvision eval")
+    p.add_argument("--out", metavar="FILE", help="where to write the page (default DIR/index.html for one run, "
+                   "compare.html for several)")
     p.set_defaults(func=_run_view)
 
 
@@ -149,17 +181,20 @@ def _run_view(args: argparse.Namespace) -> int:
     from .viewer import write_html
 
     try:
-        path = write_html(args.run_dir, args.out)
+        path = write_html(args.run_dirs, args.out)
     except FileNotFoundError as exc:
-        raise SystemExit(f"pyvision view: {exc}") from exc
+        raise SystemExit(f"pyvision view: {exc}") from None
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); open {path.resolve().as_uri()} in a browser")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pyvision`` console script; returns the exit status."""
+    from pyvision_env import __version__
+
     parser = argparse.ArgumentParser(prog="pyvision", description="PyVision: Gymnasium environments for "
                                      "vision models that use Python code as their tool.")
+    parser.add_argument("--version", action="version", version=f"pyvision {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_demo(sub)
     _add_eval(sub)

@@ -13,10 +13,23 @@ from .episode import Episode
 from .policies import ScriptedPolicy
 
 
-def _indent(text: str, width: int = 100, lines: int = 6) -> str:
-    kept = text.strip().splitlines()
+def _indent(text: str, width: int = 100, lines: int = 6, wrap: bool = False) -> str:
+    """``text`` indented, at most ``lines`` lines of at most ``width`` characters: long lines are wrapped
+    (``wrap``, for questions) or cut at a word boundary with an ellipsis (interpreter output)."""
+    kept = [part for line in text.strip().splitlines()
+            for part in (textwrap.wrap(line, width) or [""] if wrap else [_clip(line, width)])]
     shown = kept[:lines] + ([f"... ({len(kept) - lines} more lines)"] if len(kept) > lines else [])
-    return textwrap.indent("\n".join(line[:width] for line in shown), "    ")
+    return textwrap.indent("\n".join(shown), "    ")
+
+
+def _clip(line: str, width: int) -> str:
+    """``line`` cut to ``width`` characters at a word boundary (mid-word only for a single long word), with
+    an ellipsis that says it was cut."""
+    if len(line) <= width:
+        return line
+    cut = line[:width - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > width // 2 else cut).rstrip() + "…"
 
 
 def run(episodes_per_env: int = 3, seed: int = 0, show: bool = True) -> list[dict]:
@@ -33,7 +46,7 @@ def run(episodes_per_env: int = 3, seed: int = 0, show: bool = True) -> list[dic
             episode = Episode.from_reset(env_id, obs, info, task=task)
             if show:
                 print(f"\n=== {env_id} | {task.id} | isolation: {info['isolation']}")
-                print(_indent(task.question, lines=3))
+                print(_indent(task.question, lines=12, wrap=True))
                 sizes = ", ".join(f"{i.shape[1]}x{i.shape[0]}" for i in obs["images"]) or "none (sample with code)"
                 print(f"  input frames: {sizes}")
             reward, done = 0.0, False

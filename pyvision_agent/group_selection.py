@@ -7,6 +7,12 @@ prompts than a batch needs, drops those groups and keeps the ones whose rewards 
 PyVision-RL, which filters after computing advantages and cuts groups at the batch boundary, this module
 decides per *whole group* and before any advantage exists.
 
+PyVision-RL also filters single trajectories; two of its filters are options here: ``require_image`` drops
+the trajectories that never showed an image observation (their ``hasimage``), and ``keep_malformed``
+keeps trajectories with a malformed turn (their ``ERROR_IN_ACTION``) as samples instead of dropping the
+group. Under ``profile="pyvision_rl"`` a malformed turn ends the episode without an answer, so such a
+trajectory carries reward 0, as theirs do.
+
 Plain Python and numpy, no trainer import: verl's replay-buffer sampler
 (:mod:`pyvision_agent.verl.sampler`) is a thin adapter around :func:`select_groups`, and any other
 trainer can call it the same way. :func:`collapse_metrics` computes the per-step numbers that warn
@@ -19,16 +25,17 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
 
-DropReason = Literal["broken", "zero_variance", "over_budget"]
-DROP_REASONS: tuple[DropReason, ...] = ("broken", "zero_variance", "over_budget")
+DropReason = Literal["broken", "no_image", "zero_variance", "over_budget"]
+DROP_REASONS: tuple[DropReason, ...] = ("broken", "no_image", "zero_variance", "over_budget")
 """Why a group was not kept, in the order the checks run: a broken group is never trained on, whatever
-its rewards; a group without reward spread carries no signal; ``over_budget`` groups were valid but
-ranked below the ones that filled the batch."""
+its rewards; with ``require_image`` a group none of whose trajectories showed an image has nothing left;
+a group without reward spread carries no signal; ``over_budget`` groups were valid but ranked below the
+ones that filled the batch."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,12 @@ class TrajectoryStats:
     """Model turns in the episode."""
     end_reason: str | None = None
     """Why the episode ended (``answered``, ``max_turns``, ``error``, ...); None if unknown."""
+    malformed: bool = False
+    """A turn held neither code nor an answer (PyVision-RL's ``ERROR_IN_ACTION``)."""
+    showed_image: bool | None = None
+    """Whether an interpreter observation showed at least one image; None when the record does not say."""
+    key: str | None = None
+    """The caller's name for the trajectory (verl's trajectory key), carried through the selection."""
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.reward):
@@ -57,14 +70,17 @@ class TrajectoryStats:
         return self.end_reason == "answered" and self.n_tool_calls == 0
 
     @classmethod
-    def from_fields(cls, reward: float, fields: Mapping[str, Any]) -> TrajectoryStats:
+    def from_fields(cls, reward: float, fields: Mapping[str, Any], key: str | None = None) -> TrajectoryStats:
         """Build from a record's fields: the agent loop's ``extra_fields``, a reward function's extra info
-        or a rollout record (``broken``, ``n_tool_calls``, ``num_turns``, ``end_reason``; missing ones
-        default to "not broken, no tools, no turns, unknown end")."""
-        end_reason = fields.get("end_reason")
+        or a rollout record (``broken``, ``malformed``, ``n_tool_calls``, ``num_turns``, ``end_reason``,
+        ``observation_images``; missing ones default to "not broken, well formed, no tools, no turns,
+        unknown end, unknown images")."""
+        end_reason, images = fields.get("end_reason"), fields.get("observation_images")
         return cls(reward=float(reward), broken=bool(fields.get("broken") or False),
                    n_tool_calls=int(fields.get("n_tool_calls") or 0), num_turns=int(fields.get("num_turns") or 0),
-                   end_reason=None if end_reason is None else str(end_reason))
+                   end_reason=None if end_reason is None else str(end_reason),
+                   malformed=bool(fields.get("malformed") or False),
+                   showed_image=None if images is None else int(images) > 0, key=key)
 
 
 @dataclass(frozen=True)
@@ -110,6 +126,8 @@ class Selection:
     order, ``over_budget`` in rank order."""
     batch_groups: int
     """How many groups were asked for."""
+    no_image_trajectories: int = 0
+    """Trajectories ``require_image`` took out of groups that were not broken (the groups hold the rest)."""
     counts: Mapping[str, int] = field(init=False)
     """Number of groups per outcome: ``kept`` and each drop reason."""
 
@@ -128,17 +146,21 @@ class Selection:
         return self.batch_groups - len(self.kept)
 
 
-def select_groups(groups: Sequence[GroupStats], batch_groups: int, *, min_std: float = 0.0) -> Selection:
+def select_groups(groups: Sequence[GroupStats], batch_groups: int, *, min_std: float = 0.0,
+                  require_image: bool = False, keep_malformed: bool = False) -> Selection:
     """Filter and rank GRPO groups, keeping whole groups to fill a batch of ``batch_groups``.
 
-    A group is dropped as ``broken`` if any trajectory is broken or its rollout failed, then as
-    ``zero_variance`` if its rewards are all equal or their std is at most ``min_std``. The rest are
-    ranked by reward std, highest first; ties keep the order of ``groups`` (pass them oldest first, for
-    instance), so the result is deterministic. The first ``batch_groups`` are kept, the others are
-    ``over_budget``. Fewer than ``batch_groups`` may survive: see :attr:`Selection.shortfall`.
+    A group is dropped as ``broken`` if any trajectory is broken or its rollout failed, or (unless
+    ``keep_malformed``) holds a malformed trajectory. With ``require_image`` the trajectories that never
+    showed an image leave their group (the group goes on with the rest, ``no_image`` when none is left).
+    A group is then dropped as ``zero_variance`` if its rewards are all equal or their std is at most
+    ``min_std``. The rest are ranked by reward std, highest first; ties keep the order of ``groups``
+    (pass them oldest first, for instance), so the result is deterministic. The first ``batch_groups``
+    are kept, the others are ``over_budget``. Fewer than ``batch_groups`` may survive: see
+    :attr:`Selection.shortfall`. Groups in the result hold the trajectories that passed.
 
-    Raises ValueError for a non-positive batch size, a negative or non-finite ``min_std``, or a uid
-    that appears twice.
+    Raises ValueError for a non-positive batch size, a negative or non-finite ``min_std``, a uid that
+    appears twice, or ``require_image`` over a trajectory that does not say whether it showed an image.
     """
     if isinstance(batch_groups, bool) or not isinstance(batch_groups, int) or batch_groups < 1:
         raise ValueError(f"batch_groups must be a positive int, got {batch_groups!r}")
@@ -148,11 +170,22 @@ def select_groups(groups: Sequence[GroupStats], batch_groups: int, *, min_std: f
     if duplicates:
         raise ValueError(f"each group needs its own uid; repeated: {sorted(duplicates)[:5]}")
 
-    broken, flat, ranked = [], [], []
+    broken, no_image, flat, ranked = [], [], [], []
+    no_image_trajectories = 0
     for group in groups:
-        if group.broken:
+        if group.broken or (not keep_malformed and any(t.malformed for t in group.trajectories)):
             broken.append(group)
             continue
+        if require_image:
+            if any(t.showed_image is None for t in group.trajectories):
+                raise ValueError(f"require_image needs to know whether each trajectory showed an image; group "
+                                 f"{group.uid!r} has a record without observation_images")
+            shown = tuple(t for t in group.trajectories if t.showed_image)
+            no_image_trajectories += len(group.trajectories) - len(shown)
+            if not shown:
+                no_image.append(group)
+                continue
+            group = replace(group, trajectories=shown)
         rewards = group.rewards
         # the exact comparison avoids float noise: np.std([0.1] * 3) is 1.4e-17, not 0
         if rewards.max() == rewards.min() or group.reward_std <= min_std:
@@ -161,9 +194,9 @@ def select_groups(groups: Sequence[GroupStats], batch_groups: int, *, min_std: f
             ranked.append(group)
     ranked.sort(key=lambda g: -g.reward_std)  # stable: ties keep input order
     return Selection(kept=tuple(ranked[:batch_groups]),
-                     dropped={"broken": tuple(broken), "zero_variance": tuple(flat),
+                     dropped={"broken": tuple(broken), "no_image": tuple(no_image), "zero_variance": tuple(flat),
                               "over_budget": tuple(ranked[batch_groups:])},
-                     batch_groups=batch_groups)
+                     batch_groups=batch_groups, no_image_trajectories=no_image_trajectories)
 
 
 def collapse_metrics(trajectories: Iterable[TrajectoryStats], selection: Selection | None = None) -> dict[str, float]:
@@ -171,10 +204,11 @@ def collapse_metrics(trajectories: Iterable[TrajectoryStats], selection: Selecti
 
     Over every trajectory rolled out (the policy's behaviour, before any filtering):
     ``tool_calls/mean``, ``tool_calls/max``, ``turns/mean``, ``answered_without_tools/share``,
-    ``broken/share``, ``reward/mean`` and ``end_reason/<reason>/share`` per end reason seen (``unknown``
-    for None). With a ``selection``: ``groups/total``, ``groups/kept``, and ``filtered/<reason>/share``
-    for every drop reason (the share of all groups considered). A falling tool-call mean with a rising
-    share answered without tools is the collapse the PyVision-RL paper warns about.
+    ``broken/share``, ``malformed/share``, ``reward/mean`` and ``end_reason/<reason>/share`` per end
+    reason seen (``unknown`` for None). With a ``selection``: ``groups/total``, ``groups/kept``,
+    ``filtered/<reason>/share`` for every drop reason (the share of all groups considered) and
+    ``filtered/no_image_trajectories`` (a count). A falling tool-call mean with a rising share answered
+    without tools is the collapse the PyVision-RL paper warns about.
     """
     trajectories = list(trajectories)
     metrics: dict[str, float] = {}
@@ -186,6 +220,7 @@ def collapse_metrics(trajectories: Iterable[TrajectoryStats], selection: Selecti
             "turns/mean": float(np.mean([t.num_turns for t in trajectories])),
             "answered_without_tools/share": float(np.mean([t.answered_without_tools for t in trajectories])),
             "broken/share": float(np.mean([t.broken for t in trajectories])),
+            "malformed/share": float(np.mean([t.malformed for t in trajectories])),
             "reward/mean": float(np.mean([t.reward for t in trajectories])),
         })
         ends = Counter(t.end_reason or "unknown" for t in trajectories)
@@ -196,6 +231,7 @@ def collapse_metrics(trajectories: Iterable[TrajectoryStats], selection: Selecti
         metrics["groups/kept"] = float(selection.counts["kept"])
         for reason in DROP_REASONS:
             metrics[f"filtered/{reason}/share"] = selection.counts[reason] / total if total else 0.0
+        metrics["filtered/no_image_trajectories"] = float(selection.no_image_trajectories)
     return metrics
 
 

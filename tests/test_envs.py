@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 import warnings
 
 import gymnasium as gym
@@ -196,10 +197,94 @@ def test_other_dialects_run_code(image_task, dialect, turn):
     env.close()
 
 
-def test_pyvision_rl_prompt_style():
-    env = gym.make("PyVisionVideo-v0", prompt_style="pyvision_rl")
+@pytest.mark.parametrize("env_id", IDS)
+def test_relative_media_paths_resolve_against_the_working_directory(env_id, tmp_path, monkeypatch):
+    """The worker's cwd is its scratch directory: a relative path must be made absolute when the task is built."""
+    monkeypatch.chdir(tmp_path)
+    if env_id == "PyVisionVideo-v0":
+        make_video("clip.mp4", n_frames=12, fps=6, width=64, height=48)
+        task, code = {"question": "Frames?", "answer": "12", "video": "clip.mp4"}, "print(len(video_clue_0))"
+    else:
+        Image.fromarray(np.zeros((30, 20, 3), np.uint8)).save("pic.png")
+        task, code = {"question": "Width?", "answer": "20", "images": ["pic.png"]}, "print(image_clue_0.size[0])"
+    env = gym.make(env_id, tasks=[task])
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(code_turn(code))
+    assert info["error"] is None and info["stdout"] == task["answer"] + "\n"
+    env.close()
+
+
+def test_their_runtime_names_are_predefined():
+    env = gym.make("PyVisionImage-v0")
+    env.reset(seed=0)
+    *_, info = env.step(code_turn("print(io.BytesIO.__name__, base64.b64encode(b'ok').decode(), matplotlib.__name__)"))
+    assert info["stdout"] == "BytesIO b2s= matplotlib\n"
+    env.close()
+
+
+def test_a_twelve_frame_display_is_not_cut_by_a_per_call_cap(video_task):
+    env = gym.make("PyVisionVideo-v0", tasks=[video_task])
+    env.reset(seed=0)
+    obs, *_ = env.step(code_turn("for f in video_clue_0.get_batch(list(range(12))).asnumpy():\n    display(f)"))
+    assert len(obs["images"]) == 12 and obs["text"].count("<image>") == 12 and "dropped" not in obs["text"]
+    env.close()
+
+
+def test_mra_pays_binary_by_default_and_graded_on_request(video_task):
+    task = dict(video_task, answer_type="mra")  # answer 30: 27 clears 8 of 10 thresholds (0.8)
+    for mra_reward, accuracy in [(None, 1.0), ("graded", 0.8), ("binary", 1.0)]:
+        env = gym.make("PyVisionVideo-v0", tasks=[task], **({"mra_reward": mra_reward} if mra_reward else {}))
+        env.reset(seed=0)
+        *_, info = env.step(answer_turn("27"))
+        assert info["judge_score"] == pytest.approx(0.8) and info["reward_components"]["accuracy"] == accuracy
+        env.close()
+
+
+@pytest.mark.parametrize("dialect, turn", [
+    ("pyvision", "<code>\n```python\nprint('bad \ud800 text')\n```\n</code>"),
+    ("tool_call", '<tool_call>{"name": "python", "arguments": {"code": "print(\'bad \\ud800 text\')"}}</tool_call>'),
+])
+def test_lone_surrogates_in_a_turn_are_replaced_and_said(image_task, dialect, turn):
+    env = gym.make("PyVisionImage-v0", tasks=[image_task], dialect=dialect)
+    env.reset(seed=0)
+    obs, _, term, _, info = env.step(turn)
+    assert not term and info["stdout"] == "bad \ufffd text\n"
+    assert "invalid Unicode" in obs["text"] and "U+FFFD" in obs["text"]
+    obs, *_ = env.step(answer_turn("42\udfff"))  # the answer is cleaned too: scoring does not raise
+    env.close()
+
+
+def test_a_turn_over_the_action_bound_gets_a_format_error(image_task):
+    env = gym.make("PyVisionImage-v0", tasks=[image_task], max_turn_chars=100)
+    env.reset(seed=0)
+    assert env.unwrapped.action_space.max_length == 100
+    obs, _, term, _, info = env.step(code_turn("print(1)" + " " * 200))
+    assert not term and info["n_tool_calls"] == 0
+    assert "more than the 100 a turn may have (max_turn_chars); nothing in it was run" in obs["text"]
+    assert info["format_error"].startswith("the turn has 2")
+    env.close()
+
+
+@pytest.mark.parametrize("dialect", ["pyvision", "pyvision_rl", "fenced", "tool_call"])
+def test_printed_image_tags_cannot_forge_placeholders(image_task, dialect):
+    from pyvision_agent.episode import Episode, Turn, build_messages
+
+    env = gym.make("PyVisionImage-v0", tasks=[image_task], dialect=dialect, end_on_error=False)
     obs, info = env.reset(seed=0)
-    assert "decord" in info["system_prompt"] and "cannot see the video" in info["system_prompt"]
+    episode = Episode.from_reset("PyVisionImage-v0", obs, info)
+    forged = ("print('<image> <|image_pad|> <|vision_start|><image_clue_9></image_clue_9> <IMAGE>')\n"
+              "display(image_clue_0)")
+    turn = {"pyvision": code_turn(forged), "pyvision_rl": code_turn(forged),
+            "fenced": f"```python\n{forged}\n```",
+            "tool_call": "<tool_call>" + json.dumps({"name": "python", "arguments": {"code": forged}}) + "</tool_call>"}
+    obs, *_ = env.step(turn[dialect])
+    assert len(obs["images"]) == 1 and obs["text"].count("<image>") == 1
+    assert "<|image_pad|>" not in obs["text"] and "<|vision_start|>" not in obs["text"]
+    assert "image tag(s) in this text were broken" in obs["text"]
+    episode.add(Turn(turn[dialect]), obs)
+    messages = build_messages(episode)  # raised "2 image placeholder(s) ... for 1 image(s)" before
+    parts = [part for m in messages if isinstance(m["content"], list) for part in m["content"]]
+    assert sum(part["type"] == "image" for part in parts) == 2
     env.close()
 
 
@@ -301,7 +386,8 @@ def test_jsonl_task_file_with_relative_paths(tmp_path):
     env = gym.make("PyVisionImage-v0", tasks=str(path))
     _, info = env.reset(options={"task_index": 0})
     task = env.unwrapped._episode.task
-    assert task.images == [str(tmp_path / "imgs" / "a.png")] and task.metadata == {"difficulty": "easy"}
+    assert task.images == [str(tmp_path / "imgs" / "a.png")] and task.metadata["difficulty"] == "easy"
+    assert task.answer_type == "text" and task.metadata["inferred"]["answer_type"] == "text"
     assert info["data_source"] == "mini" and info["task_id"] == "a"
     _, reward, *_ = env.step(answer_turn("Black"))
     assert reward == 1.0
@@ -330,3 +416,25 @@ def test_image_max_pixels_downscales_the_observation_not_the_interpreter(image_t
     *_, info = env.step(code_turn("print(image_clue_0.size)"))
     assert info["stdout"] == "(60, 40)\n"
     env.close()
+
+
+def test_an_input_image_is_decoded_once_for_every_reset_on_it(tmp_path):
+    from unittest import mock
+
+    from PIL import Image
+
+    path = tmp_path / "shared.png"
+    Image.fromarray(np.full((40, 60, 3), 7, np.uint8)).save(path)
+    task = {"question": "q", "answer": "1", "images": [str(path)]}
+    env = gym.make("PyVisionImage-v0", tasks=[task])
+    try:
+        with mock.patch.object(Image, "open", wraps=Image.open) as opened:
+            firsts = [env.reset(options={"task_index": 0})[0]["images"][0] for _ in range(3)]
+            assert opened.call_count == 1  # a GRPO group on one image decodes it once
+            assert all(f is firsts[0] for f in firsts) and not firsts[0].flags.writeable
+            time.sleep(0.01)
+            Image.fromarray(np.full((40, 60, 3), 9, np.uint8)).save(path)  # the file changes: decoded again
+            changed = env.reset(options={"task_index": 0})[0]["images"][0]
+            assert opened.call_count == 2 and int(changed[0, 0, 0]) == 9
+    finally:
+        env.close()

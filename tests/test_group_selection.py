@@ -42,7 +42,7 @@ def test_keeps_groups_with_spread_ranked_by_std_and_drops_the_rest_with_their_re
     assert uids(selection.dropped["over_budget"]) == ["small"]
     assert uids(selection.dropped["broken"]) == ["broken", "failed"]
     assert uids(selection.dropped["zero_variance"]) == ["flat0", "flat1"]
-    assert selection.counts == {"kept": 2, "broken": 2, "zero_variance": 2, "over_budget": 1}
+    assert selection.counts == {"kept": 2, "broken": 2, "no_image": 0, "zero_variance": 2, "over_budget": 1}
     assert selection.n_groups == len(groups)
     assert selection.shortfall == 0
 
@@ -148,6 +148,9 @@ def test_trajectory_stats_from_agent_loop_fields():
     # a float flag, as reward extra info carries it, still counts
     assert TrajectoryStats.from_fields(0.0, {"broken": 1.0}).broken
     assert TrajectoryStats.from_fields(0.0, {}) == TrajectoryStats(reward=0.0)
+    flagged = TrajectoryStats.from_fields(0.0, {"malformed": True, "observation_images": 0}, key="u_0_0")
+    assert (flagged.malformed, flagged.showed_image, flagged.key) == (True, False, "u_0_0")
+    assert TrajectoryStats.from_fields(0.0, {"observation_images": 3}).showed_image is True
 
 
 def test_collapse_metrics_over_trajectories():
@@ -160,7 +163,7 @@ def test_collapse_metrics_over_trajectories():
     metrics = collapse_metrics(trajectories)
     assert metrics == pytest.approx({
         "tool_calls/mean": 7 / 4, "tool_calls/max": 4.0, "turns/mean": 11 / 4,
-        "answered_without_tools/share": 1 / 4, "broken/share": 1 / 4, "reward/mean": 2.2 / 4,
+        "answered_without_tools/share": 1 / 4, "broken/share": 1 / 4, "malformed/share": 0.0, "reward/mean": 2.2 / 4,
         "end_reason/answered/share": 2 / 4, "end_reason/max_turns/share": 1 / 4,
         "end_reason/unknown/share": 1 / 4,
     })
@@ -183,4 +186,41 @@ def test_collapse_metrics_of_nothing_is_empty_not_nan():
     assert collapse_metrics([]) == {}
     empty = select_groups([], 2)
     assert collapse_metrics([], empty) == {"groups/total": 0.0, "groups/kept": 0.0, "filtered/broken/share": 0.0,
-                                           "filtered/zero_variance/share": 0.0, "filtered/over_budget/share": 0.0}
+                                           "filtered/no_image/share": 0.0, "filtered/zero_variance/share": 0.0,
+                                           "filtered/over_budget/share": 0.0, "filtered/no_image_trajectories": 0.0}
+
+
+def traj(reward: float, *, image: bool | None = True, malformed: bool = False, name: str = "") -> TrajectoryStats:
+    return TrajectoryStats(reward=reward, showed_image=image, malformed=malformed, key=name or None)
+
+
+def test_malformed_trajectories_drop_their_group_unless_kept():
+    groups = [GroupStats("m", (traj(0.0, malformed=True), traj(1.0), traj(1.0))), GroupStats("ok", (traj(0), traj(1)))]
+    default = select_groups(groups, 2)
+    assert uids(default.kept) == ["ok"] and uids(default.dropped["broken"]) == ["m"]
+    kept = select_groups(groups, 2, keep_malformed=True)
+    assert uids(kept.kept) == ["ok", "m"]  # std 0.5 vs 0.47: the malformed sample counts with its reward 0
+    assert kept.kept[1].trajectories == groups[0].trajectories
+
+
+def test_require_image_drops_single_trajectories_and_ranks_the_rest():
+    groups = [
+        GroupStats("a", (traj(0, name="a0"), traj(1, image=False, name="a1"), traj(1, name="a2"))),
+        GroupStats("b", (traj(1, image=False), traj(0, image=False))),   # nothing left
+        GroupStats("c", (traj(0, image=False), traj(1), traj(1))),        # the survivors agree: no signal
+        GroupStats("d", (traj(0), traj(0.5), traj(1))),
+    ]
+    selection = select_groups(groups, 3, require_image=True)
+    assert uids(selection.kept) == ["a", "d"]  # a: [0, 1] std 0.5 beats d's 0.41
+    assert [t.key for t in selection.kept[0].trajectories] == ["a0", "a2"]
+    assert uids(selection.dropped["no_image"]) == ["b"] and uids(selection.dropped["zero_variance"]) == ["c"]
+    assert selection.no_image_trajectories == 4
+    metrics = collapse_metrics([t for g in groups for t in g.trajectories], selection)
+    assert metrics["filtered/no_image/share"] == 0.25 and metrics["filtered/no_image_trajectories"] == 4.0
+    # without the option nothing is taken out: b has spread and ranks first
+    assert uids(select_groups(groups, 3).kept) == ["b", "a", "c"]
+
+
+def test_require_image_needs_records_that_say_whether_an_image_was_shown():
+    with pytest.raises(ValueError, match="group 'x' has a record without observation_images"):
+        select_groups([GroupStats("x", (traj(0, image=None), traj(1)))], 1, require_image=True)

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pyvision_env.errors import ConfigError
 from pyvision_env.protocol import (
@@ -17,6 +25,7 @@ from pyvision_env.protocol import (
 )
 
 FENCE = "```"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def code_turn(code: str, label: str = "python") -> str:
@@ -201,6 +210,7 @@ def test_image_placeholder_is_used_once_per_image(name: str) -> None:
 
 @pytest.mark.parametrize(("name", "stops", "hint_tag"), [
     ("pyvision", ("</code>",), "<code>"),
+    ("pyvision_rl", ("</code>",), "<code>"),
     ("fenced", (), "```python"),
     ("tool_call", ("</tool_call>",), "<tool_call>"),
 ])
@@ -214,7 +224,7 @@ def test_stop_sequences_and_hint(name: str, stops: tuple[str, ...], hint_tag: st
 def test_generation_stopped_at_stop_sequence_still_runs(name: str) -> None:
     """Servers drop the stop string from the output by default; the turn must parse either way."""
     protocol = get_protocol(name)
-    full = {"pyvision": code_turn("x = 1"), "fenced": "```python\nx = 1\n```",
+    full = {"pyvision": code_turn("x = 1"), "pyvision_rl": code_turn("x = 1"), "fenced": "```python\nx = 1\n```",
             "tool_call": '<tool_call>{"name": "python", "arguments": {"code": "x = 1"}}</tool_call>'}[name]
     for stop in protocol.stop_sequences:
         assert full.endswith(stop)
@@ -233,14 +243,14 @@ def test_format_error_observation() -> None:
 
 def test_default_protocol_is_pyvision() -> None:
     assert isinstance(get_protocol(), PyVisionProtocol)
-    assert set(PROTOCOLS) == {"pyvision", "fenced", "tool_call"}
+    assert set(PROTOCOLS) == {"pyvision", "pyvision_rl", "fenced", "tool_call"}
 
 
 def test_unknown_protocol_lists_known_names() -> None:
     with pytest.raises(ConfigError, match=r"unknown protocol 'pyvison' \(did you mean 'pyvision'\?\); "
-                                          r"known protocols: fenced, pyvision, tool_call"):
+                                          r"known protocols: fenced, pyvision, pyvision_rl, tool_call"):
         get_protocol("pyvison")
-    with pytest.raises(ConfigError, match="known protocols: fenced, pyvision, tool_call$"):
+    with pytest.raises(ConfigError, match="known protocols: fenced, pyvision, pyvision_rl, tool_call$"):
         get_protocol("xml")
 
 
@@ -253,3 +263,134 @@ def test_parsed_turn_is_frozen() -> None:
     turn = ParsedTurn(code="x = 1", answer=None, n_code_blocks=1)
     with pytest.raises(AttributeError):
         turn.code = "y"  # type: ignore[misc]
+
+
+# -- pyvision_rl: their parser and their replies ------------------------------------------------------
+
+PYVISION_RL_CASES = [
+    ("code", code_turn("x = 1"), "x = 1", None, 1, None),
+    ("bare_fence_runs", "Run:\n```python\nprint(1)\n```", "print(1)", None, 1, None),
+    ("closed_answer", "<answer>\n\\boxed{'B'}\n</answer>", None, "'B'", 0, None),
+    ("unclosed_answer_is_no_answer", "<answer>\n\\boxed{'B'}", None, None, 0, "the <answer> is empty or not closed"),
+    ("answer_wins", code_turn("x = 1") + "<answer>3</answer>", None, "3", 1, None),
+    ("neither", "Hmm.", None, None, 0, "no <code> block and no <answer>"),
+]
+
+
+@pytest.mark.parametrize(("turn", "code", "answer", "n_blocks", "error"),
+                         [case[1:] for case in PYVISION_RL_CASES], ids=[case[0] for case in PYVISION_RL_CASES])
+def test_pyvision_rl_parse(turn: str, code: str | None, answer: str | None, n_blocks: int, error: str | None) -> None:
+    _check(get_protocol("pyvision_rl").parse(turn), code, answer, n_blocks, error)
+
+
+def _result(stdout: str = "", n_frames: int = 0, error: str | None = None, notes: tuple[str, ...] = ()):
+    from pyvision_env.sandbox import ExecutionResult
+
+    frames = tuple(np.zeros((2, 2, 3), np.uint8) for _ in range(n_frames))
+    return ExecutionResult(stdout=stdout, stderr="ignored\n", error=error, exec_time_s=0.0, frames=frames, notes=notes)
+
+
+@pytest.mark.parametrize(("modality", "result", "first", "expected"), [
+    ("image", _result("  42\n"), 1,
+     "<tool_response>\n<interpreter>\nText Result:\n42</interpreter>\n\n</tool_response>"),
+    ("image", _result("", 2), 1, "<tool_response>\n<interpreter>Text Result:\n\nImage Result:\n<image_clue_1><image>"
+                                 "</image_clue_1><image_clue_2><image></image_clue_2></interpreter>\n\n</tool_response>"),
+    ("video", _result("30\n"), 0,
+     "<tool_response>\n<interpreter>\nText Result:\n30\n</interpreter>\n\n</tool_response>"),
+    ("video", _result("a\n", 1), 0, "<tool_response>\n<interpreter>\nText Result:\na\n\nImage Result:\n<image_clue_0>"
+                                    "<image></image_clue_0></interpreter>\n\n</tool_response>"),
+    ("image", _result("x", error="Traceback (most recent call last):\n  ...\nNameError: name 'y' is not defined\n"), 1,
+     "<tool_response>\n<interpreter>Execution error: NameError: name 'y' is not defined</interpreter>\n\n"
+     "</tool_response>"),
+    ("image", _result("1", notes=("1 frame(s) dropped",)), 1,
+     "<tool_response>\n<interpreter>\nText Result:\n1\nNote: 1 frame(s) dropped</interpreter>\n\n</tool_response>"),
+])
+def test_pyvision_rl_replies(modality: str, result, first: int, expected: str) -> None:
+    assert get_protocol("pyvision_rl", modality=modality).format_result(result, first_image_index=first) == expected
+
+
+def test_pyvision_rl_format_error_reply() -> None:
+    protocol = get_protocol("pyvision_rl")
+    assert protocol.format_error_observation(protocol.parse("words")) == (
+        "<tool_response>\n<interpreter>Execution error: Format error: no <code> block and no <answer>. "
+        f"{protocol.format_hint}</interpreter>\n\n</tool_response>")
+
+
+# -- hostile text -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(PROTOCOLS))
+def test_observations_cannot_forge_image_placeholders(name: str) -> None:
+    protocol = get_protocol(name)
+    forged = "<image> <IMAGE> <|image_pad|> <|vision_start|> <|video_pad|> <image_clue_3></image_clue_3> <video>"
+    observation = protocol.format_observation(forged, 2, first_image_index=1)
+    assert observation.count("<image>") == 2  # exactly the two the dialect put there
+    assert not any(tag in observation for tag in ("<IMAGE>", "<|image_pad|>", "<|vision_start|>", "<|video_pad|>",
+                                                   "<video>", "<image_clue_3>"))
+    assert "8 image tag(s) in this text were broken with a zero-width space" in observation
+    error = protocol.format_error_observation(protocol.parse(
+        '<tool_call>{"name": "<image>", "arguments": {"code": "x"}}</tool_call>' if name == "tool_call" else "<image>"))
+    assert "<image>" not in error  # the model's own text comes back in format errors
+
+
+def test_a_custom_placeholder_is_neutralised_too() -> None:
+    protocol = get_protocol("pyvision", image_placeholder="[IMG]")
+    observation = protocol.format_observation("[IMG][IMG]", 1)
+    assert observation.count("[IMG]") == 1 and "2 image tag(s)" in observation
+
+
+def test_surrogate_escapes_in_tool_call_json_are_replaced() -> None:
+    parsed = get_protocol("tool_call").parse('<tool_call>{"name": "python", "arguments": {"code": '
+                                             '"print(\\"\\udfff\\ud800\\")"}}</tool_call>')
+    assert parsed.code == 'print("\ufffd\ufffd")'
+    assert parsed.notes == ("the tool call's JSON decoded to 2 invalid Unicode character(s) (lone surrogates); "
+                            "they were replaced by U+FFFD before the code ran",)
+    parsed.code.encode("utf-8")  # what the sandbox's wire does with it
+
+
+def _bench_parse():
+    spec = importlib.util.spec_from_file_location("bench_parse", ROOT / "benchmarks" / "bench_parse.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# Pathological turns of 1 MB (the benchmark's): every dialect parses them in one pass. On a quadratic
+# parser the first ones take minutes (an 80,000-character fence header took ~20 s); the timeout is
+# generous for a noisy machine.
+PATHOLOGICAL = _bench_parse().pathological_turns(1_000_000)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", sorted(PROTOCOLS))
+@pytest.mark.parametrize("kind", sorted(PATHOLOGICAL))
+def test_parsing_is_linear_on_pathological_turns(name: str, kind: str) -> None:
+    parsed = get_protocol(name).parse(PATHOLOGICAL[kind])
+    assert (parsed.format_error is None) == (parsed.code is not None or parsed.answer is not None)
+
+
+def test_parse_benchmark_prints_every_dialect(tmp_path, capsys):
+    out = tmp_path / "parse.json"
+    assert _bench_parse().main(["--size", "20000", "--repeat", "2", "--baseline-size", "2000", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert set(figures["times_s"]) == set(PROTOCOLS) and figures["baseline"]["old_regex_s"] > 0
+    printed = capsys.readouterr().out
+    assert all(f" {name} " in printed for name in PROTOCOLS) and "0.2.0 regex" in printed
+
+
+# The scanners agree with the patterns they replace (0.2.0's regexes, quadratic on long blank runs but
+# exact), on random turns built from the pieces that matter.
+_REFERENCE_FENCE = re.compile(r"```(?:[ \t]*([\w+.-]*)[ \t]*\n)?(.*?)(?:```|\Z)", re.DOTALL)
+PIECES = ["<code>", "</code>", "<CODE>", "<answer>", "</Answer>", "<tool_call>", "</tool_call>", "```", "```python\n",
+          "``` py \n", "```\t\n", " ", "\t", "\n", "x = 1", "`", "<", "/", "é", "_"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=30).map("".join), st.sampled_from(["code", "answer", "tool_call"]))
+def test_scanners_agree_with_the_reference_patterns(turn: str, tag: str) -> None:
+    from pyvision_env.protocol import _body, _fences, _tag_blocks
+
+    assert [(f.label, _body(turn, f), f.start, f.end) for f in _fences(turn)] == [
+        (m.group(1) or "", m.group(2), m.start(), m.end()) for m in _REFERENCE_FENCE.finditer(turn)]
+    reference = re.compile(rf"<{tag}>(.*?)(?:</{tag}>|(?=<{tag}>)|\Z)", re.IGNORECASE | re.DOTALL)
+    assert [(_body(turn, b), b.start, b.end) for b in _tag_blocks(turn, tag)] == [
+        (m.group(1), m.start(), m.end()) for m in reference.finditer(turn)]

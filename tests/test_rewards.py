@@ -74,8 +74,14 @@ JUDGE_CASES = [
     ("number", "12 cm", "12", {}, 1.0),
     ("number", "about 5 apples", "5", {}, 1.0),
     ("number", "\\boxed{7}", "7", {}, 1.0),
-    ("number", "12.1", "12", {}, 1.0),  # within the default 1% of the answer
+    ("number", "12.1", "12", {}, 0.0),  # exact by default: no reward for a near miss
+    ("number", "599", "600", {}, 0.0),
+    ("number", "600.0", "600", {}, 1.0),
+    ("number", "0.30000000000000004", "0.3", {}, 1.0),  # float noise is tolerated
+    ("number", "0.33", "1/3", {}, 0.0),  # rounding is not
+    ("number", "12345678901234567", "12345678901234568", {}, 0.0),  # exact beyond float precision
     ("number", "12.5", "12", {"rel_tol": 0.05}, 1.0),
+    ("number", "12.1", "12", {"abs_tol": 0.2}, 1.0),
     ("number", "0", "0", {}, 1.0),
     ("number", "12.5", "12", {}, 0.0),
     ("number", "13", "12", {}, 0.0),
@@ -142,7 +148,7 @@ def test_non_numeric_answer_is_a_config_error(answer_type: str) -> None:
 
 
 def test_negative_tolerance_rejected() -> None:
-    with pytest.raises(ConfigError, match="rel_tol and abs_tol must be >= 0"):
+    with pytest.raises(ConfigError, match="rel_tol must be >= 0, got -0.1"):
         judge("1", "1", "number", rel_tol=-0.1)
 
 

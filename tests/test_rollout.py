@@ -90,7 +90,7 @@ def test_failures_are_recorded_and_do_not_stop_the_run(tmp_path, gradient_png):
     failed = [r for r in records if r["error"]]
     assert [r["task_id"] for r in failed] == ["synthetic-image-1"]
     assert failed[0]["end_reason"] == "policy_error" and "model server went away" in failed[0]["error"]
-    assert failed[0]["correct"] is False and failed[0]["turns"] == 1
+    assert failed[0]["correct"] is None and failed[0]["turns"] == 1  # a failed episode is not judged
     assert all(r["correct"] for r in records if not r["error"])
 
     tasks = [{"id": "ok", "question": "q?", "answer": "1", "images": [gradient_png]},
@@ -274,3 +274,105 @@ def test_play_episode_is_the_plain_gymnasium_loop():
     assert info["end_reason"] == "answered" and info["reward_components"]["accuracy"] == 1.0
     assert len(episode.turns) == info["turn"] and len(episode.observations) == info["turn"]  # last turn answered
     assert episode.task.id == "synthetic-image-1" and episode.system_prompt
+
+
+# --- what a user meets with `pyvision eval` (issue 12) -------------------------------------------------------
+def _eval(out, *argv) -> int:
+    return main(["eval", "--env", "PyVisionImage-v0", "--policy", "scripted", "--out", str(out), "--quiet", *argv])
+
+
+def _task_file(tmp_path, rows: list[dict]) -> str:
+    path = tmp_path / "tasks.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+ANSWER_42 = json.dumps({"turns": ["<code>\n```python\nprint(6 * 7)\n```\n</code>", "<answer>42</answer>"]})
+
+
+def test_eval_fails_when_every_episode_failed_and_retries_them(tmp_path, capsys, gradient):
+    tasks = _task_file(tmp_path, [{"id": f"t{k}", "question": "6 times 7?", "answer": "42", "answer_type": "number",
+                                   "image_path": f"img{k}.png"} for k in range(2)])
+    out = tmp_path / "run"
+    assert _eval(out, "--tasks", tasks, "--policy-config", ANSWER_42) == 1  # nothing was evaluated
+    err = capsys.readouterr().err
+    assert "2 of 2 episodes failed and were not judged" in err and "img0.png" in err and "retries them" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["errors"] == 2 and summary["judged"] == 0 and summary["accuracy"] is None
+
+    for k in range(2):  # the user fixes the media and runs the same command: the failed episodes play again
+        cv2.imwrite(str(tmp_path / f"img{k}.png"), gradient)
+    assert _eval(out, "--tasks", tasks, "--policy-config", ANSWER_42) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["errors"] == 0 and summary["judged"] == 2 and summary["accuracy"] == 1.0
+    records = read_records(out / TRAJECTORIES)
+    assert len(records) == 2 and all(r["n_tool_calls"] == 1 and r["correct"] for r in records)
+
+
+def test_failed_episodes_do_not_dilute_the_accuracy(tmp_path, capsys, gradient_png):
+    tasks = _task_file(tmp_path, [{"id": "ok", "question": "6 times 7?", "answer": "42", "image_path": gradient_png},
+                                  {"id": "gone", "question": "6 times 7?", "answer": "42", "image_path": "gone.png"}])
+    assert _eval(tmp_path / "run", "--tasks", tasks, "--policy-config", ANSWER_42) == 0
+    assert "1 of 2 episodes failed and were not judged" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["accuracy"] == 1.0 and summary["judged"] == 1 and summary["errors"] == 1
+    assert summary["end_reasons"] == {"answered": 1, "env_error": 1}
+
+
+def test_reusing_out_for_another_run_is_refused(tmp_path, gradient_png):
+    out = tmp_path / "run"
+    assert _eval(out, "--limit", "2") == 0
+    before = (out / TRAJECTORIES).read_text()
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["env_id"] == "PyVisionImage-v0" and manifest["tasks"] == "synthetic"
+    assert manifest["policy"] == {"policy": "scripted", "turns": "task solution"}
+
+    tasks = _task_file(tmp_path, [{"id": "a", "question": "6 times 7?", "answer": "42", "image_path": gradient_png}])
+    for argv, message in [
+        (["--env", "PyVisionVideo-v0"], "env_id ('PyVisionImage-v0' there, 'PyVisionVideo-v0' here)"),
+        (["--tasks", tasks], f"tasks ('synthetic' there, {tasks!r} here)"),
+        (["--max-turns", "3"], "env_config.max_turns (10 there, 3 here)"),
+        (["--policy-config", ANSWER_42], "policy.turns ('task solution' there, 'given' here)"),
+    ]:
+        cmd = ["eval", "--env", "PyVisionImage-v0", "--policy", "scripted", "--out", str(out), "--quiet",
+               "--limit", "2", *argv]
+        with pytest.raises(SystemExit) as caught:
+            main(cmd)
+        assert f"{out} holds another run: " in str(caught.value) and message in str(caught.value), str(caught.value)
+        assert "choose another output directory (--out)" in str(caught.value)
+    assert (out / TRAJECTORIES).read_text() == before  # nothing was added or rewritten
+    assert _eval(out, "--limit", "3") == 0  # the same run, extended, is fine
+    assert len(read_records(out / TRAJECTORIES)) == 3
+
+
+def test_a_changed_task_file_or_an_old_run_of_another_env_is_refused(tmp_path, gradient_png):
+    rows = [{"id": "a", "question": "6 times 7?", "answer": "42", "image_path": gradient_png}]
+    tasks = _task_file(tmp_path, rows)
+    out = tmp_path / "run"
+    assert _eval(out, "--tasks", tasks, "--policy-config", ANSWER_42) == 0
+    _task_file(tmp_path, [{**rows[0], "question": "7 times 6?"}])
+    with pytest.raises(SystemExit, match=r"holds episode 'a#0' with another question \('6 times 7\?', now "):
+        _eval(out, "--tasks", tasks, "--policy-config", ANSWER_42)
+
+    (out / "run.json").unlink()  # a directory written before run.json existed: its records name their env
+    with pytest.raises(SystemExit, match=r"env_id \('PyVisionImage-v0' there, 'PyVisionVideo-v0' here\)"):
+        main(["eval", "--env", "PyVisionVideo-v0", "--policy", "scripted", "--out", str(out), "--quiet"])
+
+
+def test_the_summary_and_the_viewer_count_the_same_episodes(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _eval(out, "--limit", "4") == 0
+    assert _eval(out, "--limit", "2") == 0  # asks for fewer than the directory holds
+    assert "4 episodes in" in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["episodes"] == 4
+    assert main(["view", str(out)]) == 0
+    page = (out / "index.html").read_text()
+    assert page.count("<details class='episode'") == 4 and "summary.json counts" not in page
+
+
+def test_scripted_turns_play_ones_own_tasks(tmp_path, gradient_png):
+    tasks = _task_file(tmp_path, [{"id": "a", "question": "6 times 7?", "answer": "42", "answer_type": "number",
+                                   "image_path": gradient_png}])
+    assert _eval(tmp_path / "run", "--tasks", tasks, "--policy-config", ANSWER_42) == 0
+    (record,) = read_records(tmp_path / "run" / TRAJECTORIES)
+    assert record["correct"] is True and record["n_tool_calls"] == 1 and record["steps"][2]["stdout"] == "42\n"

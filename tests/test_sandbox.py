@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -132,15 +133,22 @@ def test_exact_pixels_cross_the_boundary(sandbox, gradient):
         np.testing.assert_array_equal(r.frames[0], gradient)
 
 
-def test_working_directory_is_a_private_scratch_dir_removed_at_close(sandbox):
+def test_working_directory_is_a_private_scratch_tmpfs_gone_at_close(sandbox):
     import os
 
     s = sandbox.session()
-    r = s.execute("import os\nopen('notes.txt', 'w').write('hi')\nprint(os.getcwd())")
-    assert r.error is None and r.stdout.strip() == s.scratch_dir
-    assert os.path.exists(os.path.join(s.scratch_dir, "notes.txt"))
+    r = s.execute("import os\nopen('notes.txt', 'w').write('hi')\nprint(os.getcwd(), os.environ['TMPDIR'])")
+    assert r.error is None and r.stdout.split() == [s.scratch_dir, "/sandbox/tmp"]
+    inside = f"/proc/{s.pid}/root{s.scratch_dir}/notes.txt"  # the worker's own root, seen from the host
+    with open(inside) as f:
+        assert f.read() == "hi"
+    assert not os.path.exists(os.path.join(s.scratch_dir, "notes.txt"))  # never on the host's disk
     s.close()
-    assert not os.path.exists(s.scratch_dir)
+    deadline = time.monotonic() + 10
+    while os.path.exists(inside) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not os.path.exists(inside)
+    assert not [name for name in os.listdir(sandbox.scratch_root) if name.startswith("episode-")]
 
 
 def test_bad_inputs_raise_clear_errors(sandbox, tmp_path):
@@ -218,3 +226,40 @@ def test_sessions_of_a_closed_sandbox_refuse_work_and_start_nothing():
         s.execute("x = 1")
     assert sb.zygote_starts == 1  # no zygote was started again for the closed sandbox
     s.close()
+
+
+def test_a_forked_child_gets_its_own_sandbox_and_leaves_the_parents_alone(sandbox):
+    import multiprocessing
+    import os
+
+    from pyvision_env.errors import SandboxError
+    from pyvision_env.sandbox import get_sandbox
+
+    with sandbox.session() as s:
+        s.execute("kept = 'parent'")
+
+        def child(queue):
+            try:
+                sandbox.session()
+                queue.put("used the parent's sandbox")
+            except SandboxError as exc:
+                assert "fork" in str(exc)
+            own = get_sandbox()
+            assert own is not sandbox
+            with own.session() as mine:
+                queue.put(mine.execute("print(6 * 7)").stdout)
+            own.close()
+
+        queue = multiprocessing.get_context("fork").Queue()
+        proc = multiprocessing.get_context("fork").Process(target=child, args=(queue,))
+        proc.start()
+        proc.join(120)
+        assert proc.exitcode == 0 and queue.get(timeout=5) == "42\n"
+        pid = os.fork()
+        if pid == 0:  # what a plain fork's exit runs: the finalizers it inherited (atexit)
+            s._finalizer()
+            sandbox._finalizer()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        assert os.path.isdir(sandbox.scratch_root)
+        assert s.execute("print(kept)").stdout == "parent\n"

@@ -1,7 +1,9 @@
-"""VideoReader on both backends, and video_clue_0 in the sandbox.
+"""The decord-compatible video readers: the local one and ``video_clue_0``'s, served by the video service.
 
 The videos are synthetic H.264 files whose every frame encodes its own index (see media_utils), so
-each test checks *which* frame came back, not just that some frame did.
+each test checks *which* frame came back, not just that some frame did. "served" readers are built in
+this process on a real connection to the real service (what a worker gets at spawn); the sandbox and
+service tests are in test_video_service.py.
 """
 
 from __future__ import annotations
@@ -14,10 +16,9 @@ import pytest
 from media_utils import frame_index, index_frame, make_video, picture_types
 
 from pyvision_env.errors import MediaError
-from pyvision_env.media.video import NDArray, VideoReader
-from pyvision_env.sandbox import get_sandbox
+from pyvision_env.media.video import NDArray, ServedVideoReader, VideoReader
 
-BACKENDS = ["pyav", "decord"]
+READERS = ["local", "served"]
 VIDEOS = {  # name -> make_video arguments
     "gop12": dict(n_frames=90, fps=30, width=64, height=48, gop=12),
     "bframes": dict(n_frames=90, fps=30, width=64, height=48, gop=12, bframes=2),
@@ -32,9 +33,21 @@ def videos(tmp_path_factory) -> dict[str, str]:
     return {name: make_video(folder / f"{name}.mp4", **spec) for name, spec in VIDEOS.items()}
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request) -> str:
-    return request.param
+@pytest.fixture(params=READERS)
+def open_reader(request, sandbox):
+    """A function path -> reader of the parametrised kind."""
+    opened = []
+
+    def open_(path: str, **kwargs):
+        if request.param == "local":
+            return VideoReader(path, **kwargs)
+        reader = ServedVideoReader(*sandbox._videos.attach(path))
+        opened.append(reader)
+        return reader
+
+    yield open_
+    for reader in opened:
+        reader.close()
 
 
 def identities(frames) -> list[int]:
@@ -42,15 +55,15 @@ def identities(frames) -> list[int]:
 
 
 def spy_on_decode(monkeypatch, vr: VideoReader) -> list[list[int]]:
-    """Record the indices of every call into the backend's decoder."""
+    """Record the indices of every call into the local reader's decoder."""
     calls: list[list[int]] = []
-    real = vr._impl.decode
+    real = vr._decoder.decode
 
     def decode(indices):
         calls.append(list(indices))
         return real(indices)
 
-    monkeypatch.setattr(vr._impl, "decode", decode)
+    monkeypatch.setattr(vr._decoder, "decode", decode)
     return calls
 
 
@@ -72,9 +85,9 @@ def test_fixture_videos_have_the_structure_they_claim(videos):
 # -- metadata, shapes and frame accuracy ---------------------------------------------------------
 
 @pytest.mark.parametrize("name", VIDEOS)
-def test_length_fps_shape_and_sequential_frames(videos, backend, name):
+def test_length_fps_shape_and_sequential_frames(videos, open_reader, name):
     spec = VIDEOS[name]
-    vr = VideoReader(videos[name], backend=backend)
+    vr = open_reader(videos[name])
     assert len(vr) == spec["n_frames"]
     assert vr.get_avg_fps() == pytest.approx(spec["fps"])
     batch = vr.get_batch(range(len(vr)))
@@ -87,9 +100,8 @@ def test_length_fps_shape_and_sequential_frames(videos, backend, name):
 
 
 @pytest.mark.parametrize("name", ["gop12", "bframes", "odd_length"])
-def test_random_access_is_frame_accurate(videos, backend, name):
-    # cache_mb=0 keeps only the last frame, so (almost) every access seeks and decodes.
-    vr = VideoReader(videos[name], backend=backend, cache_mb=0)
+def test_random_access_is_frame_accurate(videos, open_reader, name):
+    vr = open_reader(videos[name])
     n = len(vr)
     order = [n // 2, n // 2 - 1, 0, n - 1, 11, 12, 13, 12, 12, -1, -n, n - 7, 23, 24, 5, 1]
     assert [frame_index(vr[i]) for i in order] == [i % n for i in order]
@@ -99,8 +111,14 @@ def test_random_access_is_frame_accurate(videos, backend, name):
         assert identities(vr.get_batch(batch)) == [i % n for i in batch], batch
 
 
-def test_batches_and_slices(videos, backend):
-    vr = VideoReader(videos["gop12"], backend=backend)
+def test_local_reader_without_cache_is_still_frame_accurate(videos):
+    vr = VideoReader(videos["bframes"], cache_mb=0)  # keeps one frame: (almost) every access decodes
+    order = [45, 44, 0, 89, 11, 12, 13, 12, 12, -1, 83, 23, 24, 5, 1]
+    assert [frame_index(vr[i]) for i in order] == [i % 90 for i in order]
+
+
+def test_batches_and_slices(videos, open_reader):
+    vr = open_reader(videos["gop12"])
     batch = vr.get_batch([5, 3, 5, -1, 0])
     assert batch.shape == (5, 48, 64, 3) and batch.dtype == np.uint8
     assert identities(batch.asnumpy()) == [5, 3, 5, 89, 0]
@@ -111,55 +129,130 @@ def test_batches_and_slices(videos, backend):
     one = vr[-1]
     assert isinstance(one, NDArray) and one.shape == (48, 64, 3)
     assert frame_index(one.asnumpy()) == 89
+    assert vr.get_batch([]).shape == (0, 48, 64, 3)
 
 
-def test_returned_frames_are_private_copies(videos, backend):
-    vr = VideoReader(videos["gop12"], backend=backend)
+def test_more_frames_than_one_service_message(videos, open_reader):
+    vr = open_reader(videos["gop12"])  # the served reader asks in chunks of at most 64 frames
+    wanted = [i % 90 for i in range(0, 400, 3)]
+    assert identities(vr.get_batch(wanted)) == wanted
+
+
+def test_returned_frames_are_private_copies(videos, open_reader):
+    vr = open_reader(videos["gop12"])
     frames = vr.get_batch([7, 8])
     frames[:] = 0  # the caller may scribble on what it got ...
     frame = vr[7]
     frame[:] = 255
-    assert identities(vr.get_batch([7, 8])) == [7, 8]  # ... without corrupting the cache
+    assert identities(vr.get_batch([7, 8])) == [7, 8]  # ... without corrupting any cache
 
 
-@pytest.mark.parametrize("name", VIDEOS)
-def test_backends_agree(videos, name):
-    n = VIDEOS[name]["n_frames"]
-    indices = [0, 17, 3, n - 1, 24, 24, 11, -2]
-    pyav = VideoReader(videos[name], backend="pyav").get_batch(indices).asnumpy()
-    decord = VideoReader(videos[name], backend="decord").get_batch(indices).asnumpy()
-    assert identities(pyav) == identities(decord) == [i % n for i in indices]
-    assert np.abs(pyav.astype(int) - decord.astype(int)).max() <= 3
-
-
-def test_resize(videos, backend):
-    vr = VideoReader(videos["fps25"], backend=backend, width=80, height=40)  # aspect not kept
+def test_resize(videos):
+    vr = VideoReader(videos["fps25"], width=80, height=40)  # aspect not kept
     assert vr.get_batch([3, 49]).shape == (2, 40, 80, 3)
     assert identities(vr.get_batch([3, 49])) == [3, 49]
-    vr = VideoReader(videos["fps25"], backend=backend, width=40)  # height follows the aspect ratio
+    vr = VideoReader(videos["fps25"], width=40)  # height follows the aspect ratio
     assert vr[10].shape == (30, 40, 3) and frame_index(vr[10]) == 10
-    vr = VideoReader(videos["fps25"], backend=backend, height=60)
+    vr = VideoReader(videos["fps25"], height=60)
     assert vr[-1].shape == (60, 80, 3) and frame_index(vr[-1]) == 49
 
 
 @pytest.mark.parametrize("name", VIDEOS)
-def test_timestamps_are_monotonic_and_match_fps(videos, backend, name):
+def test_timestamps_are_monotonic_and_match_fps(videos, open_reader, name):
     n, fps = VIDEOS[name]["n_frames"], VIDEOS[name]["fps"]
-    vr = VideoReader(videos[name], backend=backend)
+    vr = open_reader(videos[name])
     stamps = vr.get_frame_timestamp(range(n))
-    assert stamps.shape == (n, 2)
+    assert stamps.shape == (n, 2) and stamps.dtype == np.float32
     start, end = stamps[:, 0], stamps[:, 1]
     assert np.all(np.diff(start) > 0) and np.all(end > start)
     np.testing.assert_allclose(start, np.arange(n) / fps, atol=1e-3)
     np.testing.assert_allclose(end, (np.arange(n) + 1) / fps, atol=1e-3)
     last = vr.get_frame_timestamp(-1)
     assert last.shape == (2,) and np.allclose(last, stamps[-1])
+    assert np.allclose(vr.get_frame_timestamp(slice(2, 5)), stamps[2:5])
 
 
-# -- the frame cache ------------------------------------------------------------------------------
+def test_position_seek_next_and_skip(videos, open_reader):
+    vr = open_reader(videos["bframes"])
+    assert frame_index(vr.next()) == 0 and frame_index(vr.next()) == 1
+    vr.seek(30)  # frame-accurate, also between keyframes
+    assert frame_index(vr.next()) == 30
+    vr.seek_accurate(47)
+    vr.skip_frames(3)
+    assert frame_index(vr.next()) == 50
+    vr.skip_frames()
+    assert frame_index(vr.next()) == 52
+    vr.seek(89)
+    assert frame_index(vr.next()) == 89
+    with pytest.raises(StopIteration):
+        vr.next()
+    vr.seek(80)
+    vr.skip_frames(100)  # past the end stops at the end
+    with pytest.raises(StopIteration):
+        vr.next()
+    for bad in (90, -1):
+        with pytest.raises(IndexError):
+            vr.seek(bad)
+    for bad in (0, -2, 1.5):
+        with pytest.raises(ValueError):
+            vr.skip_frames(bad)
 
-def test_cache_avoids_decoding_again(videos, backend, monkeypatch):
-    vr = VideoReader(videos["gop12"], backend=backend)
+
+# -- decord's own answers on the same files ------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["gop12", "bframes", "fps25"])
+def test_same_answers_as_decord(videos, open_reader, name):
+    decord = pytest.importorskip("decord")
+    ours, theirs = open_reader(videos[name]), decord.VideoReader(videos[name], ctx=decord.cpu(0))
+    assert len(ours) == len(theirs) and ours.get_avg_fps() == pytest.approx(theirs.get_avg_fps())
+    assert ours.get_key_indices() == theirs.get_key_indices()
+    n = len(ours)
+    np.testing.assert_allclose(ours.get_frame_timestamp(range(n)), theirs.get_frame_timestamp(range(n)), atol=1e-6)
+    np.testing.assert_allclose(ours.get_frame_timestamp(-1), theirs.get_frame_timestamp(-1), atol=1e-6)
+    indices = [0, 17, 3, n - 1, 24, 24, 11, -2]
+    a, b = ours.get_batch(indices).asnumpy(), theirs.get_batch(indices).asnumpy()
+    assert identities(a) == identities(b) == [i % n for i in indices]
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 3  # same pixels up to YUV->RGB rounding
+
+    def walk(vr) -> list[int | str]:
+        """decord's position rules: what next() returns after each kind of read or move."""
+        out: list[int | str] = []
+        vr.get_batch([5, 3, 5])  # decodes 5, then 3, copies 5: stays after 3
+        out.append(frame_index(vr.next().asnumpy()))
+        vr[10]
+        out.append(frame_index(vr.next().asnumpy()))
+        vr.seek_accurate(20)
+        out.append(frame_index(vr.next().asnumpy()))
+        vr.skip_frames(3)
+        out.append(frame_index(vr.next().asnumpy()))
+        vr.seek(0)  # decord's seek lands on a keyframe: compare at one
+        out.append(frame_index(vr.next().asnumpy()))
+        vr.get_batch([n - 2])
+        out.append(frame_index(vr.next().asnumpy()))
+        try:
+            vr.next()
+            out.append("more")
+        except StopIteration:
+            out.append("end")
+        return out
+
+    assert walk(ours) == walk(theirs) == [4, 11, 20, 24, 0, n - 1, "end"]
+
+
+def test_seek_is_accurate_where_decords_is_not(videos, open_reader):
+    decord = pytest.importorskip("decord")
+    theirs = decord.VideoReader(videos["gop12"], ctx=decord.cpu(0))
+    theirs.seek(30)
+    assert frame_index(theirs.next().asnumpy()) == 36  # decord: the next keyframe
+    ours = open_reader(videos["gop12"])
+    ours.seek(30)
+    assert frame_index(ours.next()) == 30
+
+
+# -- the local reader's cache --------------------------------------------------------------------
+
+def test_cache_avoids_decoding_again(videos, monkeypatch):
+    vr = VideoReader(videos["gop12"])
     calls = spy_on_decode(monkeypatch, vr)
     first = vr.get_batch([40, 3, 40, 80])
     assert calls == [[3, 40, 80]]  # sorted and unique
@@ -171,9 +264,9 @@ def test_cache_avoids_decoding_again(videos, backend, monkeypatch):
     assert calls == [[3, 40, 80], [41]]  # only what was not cached
 
 
-def test_cache_cap_evicts_least_recently_used(videos, backend, monkeypatch):
+def test_cache_cap_evicts_least_recently_used(videos, monkeypatch):
     # 160x120 RGB frames are 57,600 bytes: a 1 MiB cache holds 18 of them.
-    vr = VideoReader(videos["fps25"], backend=backend, cache_mb=1)
+    vr = VideoReader(videos["fps25"], cache_mb=1)
     calls = spy_on_decode(monkeypatch, vr)
     assert identities(vr.get_batch(range(30))) == list(range(30))  # a batch larger than the cache
     assert len(calls) == 1
@@ -182,21 +275,15 @@ def test_cache_cap_evicts_least_recently_used(videos, backend, monkeypatch):
     assert len(vr._cache) <= 18 and vr._cache_bytes <= 1 << 20
 
 
-def test_zero_cache_still_returns_whole_batches(videos, backend):
-    vr = VideoReader(videos["gop12"], backend=backend, cache_mb=0)
-    assert identities(vr.get_batch([2, 0, 1, 2])) == [2, 0, 1, 2]
-    assert identities(vr.get_batch([1, 5])) == [1, 5]  # 1 may be cached or not: both must work
-
-
 # -- errors ---------------------------------------------------------------------------------------
 
-def test_missing_file(tmp_path, backend):
+def test_missing_file(tmp_path, open_reader):
     path = str(tmp_path / "no_such_video.mp4")
     with pytest.raises(MediaError, match=re.escape(path)):
-        VideoReader(path, backend=backend)
+        open_reader(path)
 
 
-def _corrupt(kind: str, folder) -> str:
+def corrupt_video(kind: str, folder) -> str:
     path = folder / f"{kind}.mp4"
     if kind == "random_bytes":
         path.write_bytes(random.Random(7).randbytes(20_000))
@@ -213,18 +300,21 @@ def _corrupt(kind: str, folder) -> str:
     return str(path)
 
 
+CORRUPT = ["random_bytes", "empty", "truncated", "truncated_faststart_start", "truncated_faststart_0.5",
+           "truncated_faststart_0.999"]
+
+
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("kind", ["random_bytes", "empty", "truncated", "truncated_faststart_start",
-                                  "truncated_faststart_0.5", "truncated_faststart_0.999"])
-def test_corrupt_file_raises_media_error(tmp_path, backend, kind):
-    path = _corrupt(kind, tmp_path)
-    with pytest.raises(MediaError, match=re.escape(path)):
-        vr = VideoReader(path, backend=backend)  # either opening fails ...
+@pytest.mark.parametrize("kind", CORRUPT)
+def test_corrupt_file_raises_media_error(tmp_path, open_reader, kind):
+    path = corrupt_video(kind, tmp_path)
+    with pytest.raises(MediaError, match=re.escape(path.rsplit("/", 1)[1])):
+        vr = open_reader(path)  # either opening fails ...
         vr.get_batch(range(len(vr)))  # ... or decoding the frames that are gone does
 
 
-def test_bad_indices(videos, backend):
-    vr = VideoReader(videos["odd_length"], backend=backend)
+def test_bad_indices(videos, open_reader):
+    vr = open_reader(videos["odd_length"])
     for bad in (37, -38, 1000):
         with pytest.raises(IndexError):
             vr[bad]
@@ -236,43 +326,3 @@ def test_bad_indices(videos, backend):
     with pytest.raises(TypeError):
         vr.get_batch([0, 2.0])
     assert frame_index(vr[36]) == 36  # still usable afterwards
-
-
-# -- through the sandbox --------------------------------------------------------------------------
-
-def test_sandbox_video_clue(videos):
-    with get_sandbox().session(video=videos["gop12"]) as session:
-        r = session.execute("print(len(video_clue_0), video_clue_0.get_avg_fps())\n"
-                            "frames = video_clue_0.get_batch([0, 45, 89]).asnumpy()\n"
-                            "print(frames.shape)\n"
-                            "display(frames[1])")
-    assert r.error is None, r.error
-    assert r.stdout.split("\n")[:2] == ["90 30.0", "(3, 48, 64, 3)"]
-    assert len(r.frames) == 1 and r.frames[0].shape == (48, 64, 3)
-    assert frame_index(r.frames[0]) == 45
-
-
-def test_sandbox_missing_video(tmp_path):
-    path = str(tmp_path / "missing.mp4")
-    with pytest.raises(MediaError, match=re.escape(path)):
-        get_sandbox().session(video=path)
-
-
-def test_sandbox_corrupt_video(tmp_path):
-    path = _corrupt("random_bytes", tmp_path)
-    with pytest.raises(MediaError, match=re.escape(path)):
-        get_sandbox().session(video=path)
-
-
-def test_sandbox_cannot_modify_the_video(videos):
-    sandbox = get_sandbox()
-    if sandbox.isolation.filesystem != "landlock":
-        pytest.skip(f"no filesystem isolation on this host: {sandbox.isolation}")
-    path = videos["odd_length"]
-    before = open(path, "rb").read()
-    with sandbox.session(video=path) as session:
-        r = session.execute(f"open({path!r}, 'ab').write(b'garbage')")
-        assert r.error is not None and "PermissionError" in r.error
-        r = session.execute("print(len(video_clue_0))")
-        assert r.stdout.strip() == "37"
-    assert open(path, "rb").read() == before

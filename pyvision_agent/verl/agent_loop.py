@@ -7,11 +7,17 @@ Token helpers as a user message with its frames (mask 0). Images and their place
 lockstep: an observation is appended only after it passed the image and response-length budgets, and
 the placeholder runs are counted against the images after every append.
 
-The loop ends on the env's own end (an answer, the turn budget, ``end_on_error``) or stops early when
-the trajectory cannot go on: the response budget is spent, an observation would pass ``max_images``, or
-the env does not answer in time. Those early stops and the turns that mean the rollout is unusable for
-training (a malformed turn, a crashed interpreter, placeholder tokens written by the model) set
-``broken``, which the sampler uses to drop the group before advantages (as PyVision-RL filters them).
+The loop ends on the env's own end (an answer, the turn budget, ``end_on_error``, ``end_on_format_error``)
+or stops early when the trajectory cannot go on: the response budget is spent, an observation would pass
+``max_images``, or the env does not answer in time. Those early stops and the turns that mean the rollout
+is unusable for training (a crashed interpreter, placeholder tokens written by the model) set ``broken``,
+which the sampler uses to drop the group before advantages (as PyVision-RL filters them). A malformed
+turn sets ``malformed``: the sampler drops its group too unless ``keep_malformed`` (PyVision-RL keeps
+such trajectories, with reward 0).
+
+Under ``profile: pyvision_rl`` (an env setting in the YAML) the interpreter's reply follows the model's
+``</code>`` directly in the token stream, as in PyVision-RL's training: no end-of-turn token is put
+between them. Otherwise the turn is closed as the chat template closes it, as at evaluation.
 
 Register it with the agent-loop YAML beside this file (verl takes a file path, absolute or relative to
 the working directory; ``pkg://`` is not understood there)::
@@ -62,9 +68,14 @@ class _Trajectory:
     assistant_turns: int = 0
     observation_turns: int = 0
     n_tool_calls: int = 0
+    input_images: int = 0
+    close_turns: bool = True
+    """Close a turn that stopped at a stop sequence with the end-of-turn tokens before the reply."""
     end_reason: str | None = None
     broken_reason: str | None = None
+    malformed: bool = False
     prediction: str | None = None
+    accuracy: float | None = None
     weight_steps: list[Any] = field(default_factory=list)
     """The trainer step of the weights that served each turn (the server reports it): verl's trainer
     reads the first and last as ``min_global_steps``/``max_global_steps`` to measure staleness."""
@@ -150,7 +161,8 @@ class PyVisionAgentLoop(AgentLoopBase):
         self._assert_mm_supported(bool(images))
         prompt_ids = await self.ct_build_initial_tokens(messages, images=images or None)
         traj = _Trajectory(ids=prompt_ids, prompt_length=len(prompt_ids), messages=messages, images=images,
-                           logprobs=[] if sampling_params.get("logprobs") else None)
+                           logprobs=[] if sampling_params.get("logprobs") else None, input_images=len(images),
+                           close_turns=env.config.profile != "pyvision_rl")
         self._check_lockstep(traj)
         params = {**sampling_params,
                   "stop": sorted({*(sampling_params.get("stop") or ()), *env.protocol.stop_sequences})}
@@ -172,12 +184,12 @@ class PyVisionAgentLoop(AgentLoopBase):
                     traj.stop("env_timeout")
                     break
             traj.n_tool_calls = info["n_tool_calls"]
-            if info["format_error"] is not None:
-                traj.broken_reason = traj.broken_reason or "format_error"
+            traj.malformed = traj.malformed or info["format_error"] is not None
             if info["crashed"]:
                 traj.broken_reason = traj.broken_reason or "crash"
             if terminated or truncated:
                 traj.end_reason, traj.prediction = info["end_reason"], info.get("prediction")
+                traj.accuracy = info["reward_components"]["accuracy"]
                 break
             episode.add(Turn(text), obs)
             await self._append_observation(traj, build_messages(episode, images="array")[len(traj.messages):])
@@ -217,7 +229,7 @@ class PyVisionAgentLoop(AgentLoopBase):
             return
         self._assert_mm_supported(bool(new_images))
         ids, mask, logprobs = list(traj.ids), list(traj.mask), traj.logprobs
-        if self._turn_end_ids and ids[-len(self._turn_end_ids):] != self._turn_end_ids:
+        if traj.close_turns and self._turn_end_ids and ids[-len(self._turn_end_ids):] != self._turn_end_ids:
             # The turn stopped at a stop sequence: close it as the chat template does (not trained on).
             ids += self._turn_end_ids
             mask += [0] * len(self._turn_end_ids)
@@ -285,9 +297,12 @@ class PyVisionAgentLoop(AgentLoopBase):
                 "end_reason": traj.end_reason,
                 "visual_tokens": visual_tokens,
                 "n_images": len(traj.images),
+                "observation_images": len(traj.images) - traj.input_images,
                 "broken": traj.broken_reason is not None,
                 "broken_reason": traj.broken_reason,
+                "malformed": traj.malformed,
                 "prediction": traj.prediction,
+                "accuracy": traj.accuracy,
                 "answered_without_tools": traj.prediction is not None and traj.n_tool_calls == 0,
                 "min_global_steps": traj.weight_steps[0] if traj.weight_steps else None,
                 "max_global_steps": traj.weight_steps[-1] if traj.weight_steps else None,

@@ -98,24 +98,9 @@ def write_split(tasks: Iterable[Task | dict[str, Any]], out_dir: str | os.PathLi
 
 
 def load_pyvision_rl_json(path: str) -> TaskList:
-    """Tasks from a PyVision-RL data file: its raw layout (``id, question, answer, image_path | video_path,
-    data_source``), read by :func:`pyvision_env.tasks.load_file`, or its converted RL layout
-    (``prompt, data_source, reward_model.ground_truth, extra_info.question, mm_hint.{hint_path, hint_type}``),
-    from which the bare question and the media path are taken back."""
-    with open(path, encoding="utf-8") as f:
-        rows = json.load(f) if path.endswith(".json") else [json.loads(line) for line in f if line.strip()]
-    if not rows or "mm_hint" not in rows[0]:
-        return load_file(path)
-    base = os.path.dirname(os.path.abspath(path))
-    tasks = []
-    for i, row in enumerate(rows):
-        hint = row["mm_hint"]
-        media = hint["hint_path"] if os.path.isabs(hint["hint_path"]) else os.path.join(base, hint["hint_path"])
-        extra = row.get("extra_info") or {}
-        tasks.append({"id": str(extra.get("index", i)), "question": extra["question"],
-                      "answer": row["reward_model"]["ground_truth"], "data_source": row.get("data_source") or "unknown",
-                      **({"video": media} if hint["hint_type"] == "video" else {"images": [media]})})
-    return TaskList(tasks, name=path)
+    """Tasks from a PyVision-RL data file, in its raw validation layout or its converted RL layout: the
+    same reader as ``gym.make(..., tasks=path)`` (:func:`pyvision_env.tasks.load_file`)."""
+    return load_file(path)
 
 
 def tasks_from_hf(dataset: Iterable[dict[str, Any]], *, data_source: str, question_key: str = "question",

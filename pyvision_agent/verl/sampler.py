@@ -15,6 +15,10 @@ Configure it with::
     trainer.v1.sampler.custom_sampler.name=PyVisionGroupSampler
     trainer.v1.sampler.sampler_kwargs={oversample_factor: 2.0, min_std: 0.0, max_rounds: 3, gen_batch_size: 1}
 
+PyVision-RL's per-trajectory filters are ``require_image: true`` (trajectories that never showed an
+image observation are left out of the batch; their group trains on the rest) and ``keep_malformed:
+true`` (trajectories with a malformed turn are trained on; by default their group is dropped).
+
 ``gen_batch_size`` must equal the trainer's dataloader fetch size (``data.gen_batch_size``, or
 ``data.train_batch_size`` when that is null): verl can only submit whole fetches. Every step logs
 :func:`pyvision_agent.group_selection.collapse_metrics` under ``training/pyvision/``. With ``dump_dir``
@@ -44,7 +48,8 @@ logger = logging.getLogger(__name__)
 
 METRICS_PREFIX = "training/pyvision/"
 DEFAULTS: dict[str, Any] = {"oversample_factor": 2.0, "min_std": 0.0, "max_rounds": 3, "gen_batch_size": 1,
-                            "poll_interval_s": 2.0, "dump_dir": None}
+                            "poll_interval_s": 2.0, "require_image": False, "keep_malformed": False,
+                            "dump_dir": None}
 
 
 def _options(sampler_kwargs: Mapping[str, Any] | DictConfig | None) -> dict[str, Any]:
@@ -66,6 +71,9 @@ def _options(sampler_kwargs: Mapping[str, Any] | DictConfig | None) -> dict[str,
                          f"data.train_batch_size when that is null), got {fetch!r}")
     if not isinstance(options["poll_interval_s"], (int, float)) or options["poll_interval_s"] <= 0:
         raise ValueError(f"sampler_kwargs.poll_interval_s must be > 0, got {options['poll_interval_s']!r}")
+    for flag in ("require_image", "keep_malformed"):
+        if not isinstance(options[flag], bool):
+            raise ValueError(f"sampler_kwargs.{flag} must be true or false, got {options[flag]!r}")
     if options["dump_dir"] is not None and not isinstance(options["dump_dir"], str):
         raise ValueError(f"sampler_kwargs.dump_dir must be a directory path or null, got {options['dump_dir']!r}")
     return options
@@ -92,6 +100,7 @@ class PyVisionGroupSampler(ReplayBuffer):
         self.oversample_factor = float(options["oversample_factor"])
         self.min_std = float(options["min_std"])
         self.max_rounds = options["max_rounds"]
+        self.filters = {"require_image": options["require_image"], "keep_malformed": options["keep_malformed"]}
         self.dump_dir: str | None = options["dump_dir"]
         self._stats: dict[str, GroupStats] = {}  # finished groups never change: read each once
 
@@ -119,7 +128,7 @@ class PyVisionGroupSampler(ReplayBuffer):
             for key, scores, extra in zip(keys, data["rm_scores"], data["extra_fields"], strict=True):
                 extra = getattr(extra, "data", extra)
                 fields = {**extra.get("reward_extra_info", {}), **extra}
-                records[key] = TrajectoryStats.from_fields(float(scores.sum().item()), fields)
+                records[key] = TrajectoryStats.from_fields(float(scores.sum().item()), fields, key=key)
         for uid, sessions in by_uid.items():
             # a group that finished without a single trajectory (an agent loop returned nothing) is as unusable
             # as one whose rollout raised
@@ -143,7 +152,7 @@ class PyVisionGroupSampler(ReplayBuffer):
                 continue
             terminal = self.finished_keys[partition_id] | self.failure_keys[partition_id]
             groups = self._group_stats(partition_id, terminal)
-            selection = select_groups(groups, batch_size, min_std=self.min_std)
+            selection = select_groups(groups, batch_size, min_std=self.min_std, **self.filters)
             if selection.shortfall and rounds < self.max_rounds:
                 rounds += 1
                 self._request(selection.shortfall * self.oversample_factor)
@@ -152,13 +161,25 @@ class PyVisionGroupSampler(ReplayBuffer):
         kept = self._fill(selection, batch_size)
         if self.dump_dir:
             self._dump(global_steps, partition_id, selection, kept)
-        snapshot = dict(self.partitions[partition_id])
         self._clear_groups(partition_id, terminal - {g.uid for g in kept})
+        self._clear_trajectories(partition_id, kept)
+        snapshot = dict(self.partitions[partition_id])
         self._stats.clear()
         metrics = collapse_metrics([t for g in groups for t in g.trajectories], selection)
         metrics.update({"rounds": float(rounds), "padded_zero_variance": float(len(kept) - len(selection.kept))})
         return self._materialize_batch(partition_id, [g.uid for g in kept], snapshot), \
             {METRICS_PREFIX + name: value for name, value in metrics.items()}
+
+    def _clear_trajectories(self, partition_id: str, kept: list[GroupStats]) -> None:
+        """Remove the sessions the selection took out of kept groups (``require_image``) from TransferQueue."""
+        kept_sessions = {t.key.rsplit("_", 1)[0] for g in kept for t in g.trajectories}
+        uids = {g.uid for g in kept}
+        dropped = [key for key in self.partitions[partition_id]
+                   if key.split("_")[0] in uids and key.rsplit("_", 1)[0] not in kept_sessions]
+        if dropped:
+            tq.kv_clear(partition_id=partition_id, keys=dropped)
+            for key in dropped:
+                del self.partitions[partition_id][key]
 
     def _fill(self, selection: Selection, batch_size: int) -> list[GroupStats]:
         """The kept groups, padded with zero-variance ones when the rollouts ran out of signal."""

@@ -1,14 +1,17 @@
 """The episode logic both envs share: parse a turn, run its code, score the answer.
 
-An episode owns one sandbox session (a forked interpreter with the inputs loaded); it is closed as
-soon as the episode ends, so thousands of finished episodes hold no processes.
+An episode owns one sandbox session (a forked interpreter with the inputs loaded), opened by the env's
+sandbox backend (``local``: this process's zygote; ``ray``: a node of the Ray cluster); it is closed as
+soon as the episode ends, so thousands of finished episodes hold no processes. ``reset``/``step`` and
+``areset``/``astep`` share every part but the calls into the session, which the async API awaits.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import dataclasses
 import threading
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -19,24 +22,25 @@ from gymnasium.error import ResetNeeded
 from pydantic import ValidationError
 
 from ..background import BackgroundLoop
-from ..errors import ConfigError
-from ..protocol import ParsedTurn, format_interpreter_text, get_protocol
-from ..rewards import LLMJudge, RewardComponents, episode_reward, is_right, judge
-from ..sandbox import ExecutionResult, Session, get_sandbox
+from ..errors import ConfigError, describe_validation_error
+from ..prompts import RL_IMAGE_TEMPLATE, RL_VIDEO_TEMPLATE, check_template, load_prompt_template
+from ..protocol import ParsedTurn, get_protocol, replace_surrogates
+from ..rewards import LLMJudge, RewardComponents, accuracy_of, episode_reward
+from ..sandbox import ExecutionResult
 from ..sandbox._sandbox import _thread_pool
+from ..sandbox.backend import EpisodeSession, get_backend
 from ..tasks import Task, load_tasks, to_task
 from ..visual_tokens import get_rule
 from .config import EnvConfig
 from .spaces import Frames, UnicodeText
 
-_MAX_TURN_CHARS = 1_000_000
 _MAX_OBS_CHARS = 10_000_000
 
 
 @dataclass
 class _Episode:
     task: Task
-    session: Session | None
+    session: EpisodeSession | None
     turn: int = 0
     n_tool_calls: int = 0
     n_format_errors: int = 0
@@ -59,16 +63,19 @@ class PyVisionEnv(gym.Env[dict, str]):
         try:
             self.config = self.config_cls(**config)
         except ValidationError as exc:
-            raise ConfigError(f"invalid {self.env_id} config: {exc}") from exc
+            problems = describe_validation_error(exc, self.config_cls)
+            raise ConfigError(f"invalid {self.env_id} config: {problems}") from None  # one message, no chain
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ConfigError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.render_mode = render_mode
         self.tasks = load_tasks(self.config.tasks, self.modality)
-        self.protocol = get_protocol(self.config.dialect, image_placeholder=self.config.image_placeholder)
+        self.protocol = get_protocol(self.config.dialect, image_placeholder=self.config.image_placeholder,
+                                     modality=self.modality)
+        self.prompt_template = self._load_template()
         self._token_rule = get_rule(self.config.visual_token_rule)
-        self._sandbox = get_sandbox(isolation=self.config.isolation)
+        self._backend = get_backend(self.config.sandbox_backend, self.config.isolation, self.config.ray_node_resource)
         self._llm_judge = LLMJudge(self.config.llm_judge) if self.config.judge == "llm" else None
-        self.action_space = UnicodeText(_MAX_TURN_CHARS)
+        self.action_space = UnicodeText(self.config.max_turn_chars)
         self.observation_space = spaces.Dict({"text": UnicodeText(_MAX_OBS_CHARS),
                                               "images": Frames(max_frames=1024, max_pixels=1 << 31)})
         self._episode: _Episode | None = None
@@ -78,43 +85,75 @@ class PyVisionEnv(gym.Env[dict, str]):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         """Start an episode with ``options={"task": {...}}``, ``{"task_index": i}``, or a task drawn
         with the seeded RNG. Raises MediaError naming a missing or corrupt input file."""
+        task = self._begin_reset(seed, options)
+        self._episode = _Episode(task=task, session=self._backend.session(
+            images=task.images, video=task.video, config=self.config.sandbox_config()))
+        try:
+            return self._finish_reset()
+        except BaseException:
+            self._end_episode()
+            raise
+
+    def step(self, action: str) -> tuple[dict, float, bool, bool, dict]:
+        ep, parsed = self._begin_step(action)
+        result = ep.session.execute(parsed.code) if parsed.answer is None and parsed.code is not None else None
+        return self._finish_step(ep, parsed, result)
+
+    async def areset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
+        """:meth:`reset` without blocking the event loop: the session (on a Ray node too) is awaited, the
+        rest (closing the previous episode, decoding inputs) runs in a thread."""
+        loop = asyncio.get_running_loop()
+        task = await loop.run_in_executor(_thread_pool(), self._begin_reset, seed, options)
+        self._episode = _Episode(task=task, session=await self._backend.asession(
+            images=task.images, video=task.video, config=self.config.sandbox_config()))
+        try:
+            return await loop.run_in_executor(_thread_pool(), self._finish_reset)
+        except BaseException:
+            self._end_episode()
+            raise
+
+    async def astep(self, action: str) -> tuple[dict, float, bool, bool, dict]:
+        """:meth:`step` without blocking the event loop: the code runs while other episodes generate."""
+        ep, parsed = self._begin_step(action)
+        result = await ep.session.aexecute(parsed.code) if parsed.answer is None and parsed.code is not None else None
+        return await asyncio.get_running_loop().run_in_executor(_thread_pool(), self._finish_step, ep, parsed, result)
+
+    def _begin_reset(self, seed: int | None, options: dict[str, Any] | None) -> Task:
         super().reset(seed=seed)
         self._end_episode()
         task = self._pick_task(options or {})
         self._check_task(task)
-        session = self._sandbox.session(images=task.images, video=task.video, config=self.config.sandbox_config())
-        self._episode = _Episode(task=task, session=session)
-        try:
-            text, images, extra = self._first_observation(task, session)
-        except BaseException:
-            self._end_episode()
-            raise
+        return task
+
+    def _finish_reset(self) -> tuple[dict, dict]:
         ep = self._episode
+        text, images, extra = self._first_observation(ep.task, ep.session)
         ep.n_images = len(images)
         ep.visual_tokens = self._tokens(images)
         ep.last_frames = images
         info = self._info(None)
-        info.update(extra, isolation=str(session.isolation))
-        return {"text": text, "images": tuple(np.array(i) for i in images)}, info
+        info.update(extra, isolation=str(ep.session.isolation), sandbox_node=self._backend.node_of(ep.session))
+        # read-only arrays (decoded files, shared by every episode on that image) go out as they are
+        return {"text": text, "images": tuple(i if not i.flags.writeable else np.array(i) for i in images)}, info
 
-    def step(self, action: str) -> tuple[dict, float, bool, bool, dict]:
+    def _begin_step(self, action: str) -> tuple[_Episode, ParsedTurn]:
         ep = self._running_episode()
         if not isinstance(action, str):
             raise TypeError(f"an action is the model's turn as a str, got {type(action).__name__}")
         ep.turn += 1
-        parsed = self.protocol.parse(action)
-        result: ExecutionResult | None = None
+        return ep, self._parse(action)
+
+    def _finish_step(self, ep: _Episode, parsed: ParsedTurn, result: ExecutionResult | None
+                     ) -> tuple[dict, float, bool, bool, dict]:
+        """The step's observation, reward and info from the turn and what its code did (None: no code ran)."""
         terminated = False
         frames: tuple[np.ndarray, ...] = ()
         if parsed.answer is not None:
             text, ep.prediction, ep.end_reason, terminated = "", parsed.answer, "answered", True
-        elif parsed.code is not None:
-            result = ep.session.execute(parsed.code)
+        elif result is not None:
             ep.n_tool_calls += 1
             frames = result.frames
-            text = self.protocol.format_observation(
-                format_interpreter_text(result.stdout, result.stderr, result.error, result.notes, result.timed_out),
-                n_images=len(frames), first_image_index=ep.n_images)
+            text = self.protocol.format_result(result, first_image_index=ep.n_images, notes=parsed.notes)
             ep.n_images += len(frames)
             ep.visual_tokens += self._tokens(frames)
             if self.config.end_on_error and not result.ok:
@@ -122,6 +161,8 @@ class PyVisionEnv(gym.Env[dict, str]):
         else:
             ep.n_format_errors += 1
             text = self.protocol.format_error_observation(parsed)
+            if self.config.end_on_format_error:
+                ep.end_reason, terminated = "format_error", True
         truncated = not terminated and ep.turn >= self.config.max_turns
         if truncated:
             ep.end_reason = "max_turns"
@@ -135,17 +176,9 @@ class PyVisionEnv(gym.Env[dict, str]):
             info["reward_components"] = asdict(components)
             info["judge_score"] = score
             info["prediction"] = ep.prediction
+            info["reference"] = ep.task.answer
             self._close_session()
         return {"text": text, "images": frames}, float(reward), terminated, truncated, info
-
-    async def areset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
-        """:meth:`reset` without blocking the event loop (for concurrent rollouts)."""
-        return await asyncio.get_running_loop().run_in_executor(
-            _thread_pool(), functools.partial(self.reset, seed=seed, options=options))
-
-    async def astep(self, action: str) -> tuple[dict, float, bool, bool, dict]:
-        """:meth:`step` without blocking the event loop: the code runs while other episodes generate."""
-        return await asyncio.get_running_loop().run_in_executor(_thread_pool(), self.step, action)
 
     def render(self) -> np.ndarray | None:
         """The latest frame the model saw (input image at reset, last frame shown since), as RGB."""
@@ -159,6 +192,32 @@ class PyVisionEnv(gym.Env[dict, str]):
         super().close()
 
     # -- parts -----------------------------------------------------------------------------------------
+
+    def _parse(self, action: str) -> ParsedTurn:
+        """The protocol's reading of a turn that is within the action bound and valid Unicode: a longer
+        turn is a format error (nothing in it runs); invalid Unicode is replaced, with a note."""
+        if len(action) > self.config.max_turn_chars:
+            return ParsedTurn(code=None, answer=None, n_code_blocks=0, format_error=(
+                f"the turn has {len(action):,} characters, more than the {self.config.max_turn_chars:,} a turn may "
+                f"have (max_turn_chars); nothing in it was run"))
+        action, n_bad = replace_surrogates(action)
+        parsed = self.protocol.parse(action)
+        if n_bad:
+            note = (f"the turn held {n_bad} invalid Unicode character(s) (lone surrogates); they were replaced by "
+                    f"U+FFFD")
+            parsed = dataclasses.replace(parsed, notes=(note, *parsed.notes))
+        return parsed
+
+    def _load_template(self) -> str | None:
+        """The user-turn template of ``profile="pyvision_rl"`` (None for ours), checked at make time."""
+        if self.config.profile != "pyvision_rl":
+            return None
+        if self.config.prompt_template is None:
+            warnings.warn(f"{self.env_id} with profile='pyvision_rl' and no prompt_template uses our own wording of "
+                          "the prompt; exact reproduction of PyVision-RL needs their template: "
+                          "prompt_template='rl_system_prompt_template.json#KEY'", UserWarning, stacklevel=3)
+            return RL_IMAGE_TEMPLATE if self.modality == "image" else RL_VIDEO_TEMPLATE
+        return check_template(load_prompt_template(self.config.prompt_template), self.modality)
 
     def _pick_task(self, options: dict[str, Any]) -> Task:
         unknown = set(options) - {"task", "task_index"}
@@ -176,8 +235,8 @@ class PyVisionEnv(gym.Env[dict, str]):
     def _check_task(self, task: Task) -> None:
         raise NotImplementedError
 
-    def _first_observation(self, task: Task, session: Session) -> tuple[str, tuple[np.ndarray, ...], dict]:
-        """Text, images and extra info of the reset observation."""
+    def _first_observation(self, task: Task, session: EpisodeSession) -> tuple[str, tuple[np.ndarray, ...], dict]:
+        """Text, images and extra info of the reset observation (no code runs: a reset stays a fork)."""
         raise NotImplementedError
 
     def _tokens(self, images: tuple[np.ndarray, ...]) -> int:
@@ -203,12 +262,8 @@ class PyVisionEnv(gym.Env[dict, str]):
             if self._llm_judge is not None:
                 score = _run_judge(self._llm_judge.score(task.question, task.answer, ep.prediction))
             else:
-                opts: dict[str, Any] = {}
-                if task.answer_type == "choice" and task.choices:
-                    opts["choices"] = task.choices
-                score = judge(ep.prediction, task.answer, task.answer_type, **opts)
-        # accuracy is binary: "right" is the judges' shared rule (MRA counts from 0.5, as in PyVision-RL)
-        accuracy = 1.0 if score is not None and is_right(score) else 0.0
+                score = task.judge(ep.prediction)
+        accuracy = accuracy_of(score, task.answer_type, self.config.mra_reward)
         components = episode_reward(accuracy, ep.n_tool_calls, per_call=self.config.tool_reward_per_call,
                                     cap=self.config.tool_reward_cap,
                                     format_reward=self.config.format_error_reward * ep.n_format_errors)

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
-from ..errors import ConfigError, MediaError
-from ..prompts import VideoFacts, system_prompt, video_user_prompt
-from ..sandbox import Session
+from ..errors import ConfigError
+from ..prompts import VideoFacts, rl_video_user_prompt, system_prompt, video_user_prompt
+from ..sandbox.backend import EpisodeSession
 from ..tasks import Task
 from ..visual_tokens import uniform_sampling_tokens
 from .base import PyVisionEnv
 from .config import VideoEnvConfig
-
-# Read in the episode's own interpreter, so the facts are exactly what the model's reader reports.
-_FACTS_CODE = ("import json as _json\n"
-               "print(_json.dumps([len(video_clue_0), float(video_clue_0.get_avg_fps()), "
-               "*video_clue_0[0].shape[:2]]))\n"
-               "del _json")
 
 
 class PyVisionVideoEnv(PyVisionEnv):
@@ -32,19 +24,19 @@ class PyVisionVideoEnv(PyVisionEnv):
             raise ConfigError(f"{self.env_id} needs tasks with a video and no images; task {task.id!r} has "
                               f"video={task.video!r} and {len(task.images)} image(s)")
 
-    def _first_observation(self, task: Task, session: Session) -> tuple[str, tuple[np.ndarray, ...], dict]:
-        result = session.execute(_FACTS_CODE)
-        try:
-            frames, fps, height, width = json.loads(result.stdout)
-        except (ValueError, TypeError) as exc:
-            raise MediaError(f"cannot read the video {task.video!r}: {result.error or result.stdout}") from exc
-        facts = VideoFacts(frames=int(frames), fps=float(fps), width=int(width), height=int(height))
-        system = self.config.system_prompt or system_prompt(self.config.prompt_style, "video")
-        user = video_user_prompt(task.question, facts)
+    def _first_observation(self, task: Task, session: EpisodeSession) -> tuple[str, tuple[np.ndarray, ...], dict]:
+        facts = VideoFacts(**session.video_facts)  # what the episode's video_clue_0 reports
+        placeholder = self.config.image_placeholder
+        if self.prompt_template is not None:
+            system = self.config.system_prompt
+            user = rl_video_user_prompt(self.prompt_template, task.question, facts, placeholder)
+        else:
+            system = self.config.system_prompt or system_prompt("video")
+            user = video_user_prompt(task.question, facts, placeholder)
         uniform = uniform_sampling_tokens(min(self.config.uniform_baseline_frames, facts.frames), facts.height,
                                           facts.width, self._token_rule,
                                           min_pixels=self.config.visual_token_min_pixels,
                                           max_pixels=self.config.visual_token_max_pixels)
         extra = {"system_prompt": system, "user_prompt": user, "visual_tokens_uniform": uniform,
                  "video": facts.__dict__ | {"duration_s": facts.duration_s}}
-        return f"{system}\n\n{user}", (), extra
+        return user if system is None else f"{system}\n\n{user}", (), extra

@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ..media.images import fit_pixels  # noqa: E402
+from ._text import truncate_middle  # noqa: E402
 
 
 class FrameSink:
@@ -163,11 +164,3 @@ class OutputCapture:
         except OSError:  # the code closed or replaced fd 1/2: nothing to read
             return ""
         return text
-
-
-def truncate_middle(text: str, max_chars: int) -> str:
-    """Keep the head and the tail of ``text`` with a marker saying how much was cut."""
-    if len(text) <= max_chars:
-        return text
-    half = max_chars // 2
-    return f"{text[:half]}\n... [{len(text) - 2 * half} characters truncated] ...\n{text[-half:]}"

@@ -1,7 +1,13 @@
 """One episode's interpreter: runs in a process forked from the zygote, never returns.
 
-Order matters: limits and isolation are applied before the namespace is built and before any message
-is answered, so the model's first line of code already runs confined.
+Two phases, so that workers can be forked and confined ahead of time (the host keeps a small pool):
+
+1. *prepare*, right after fork: every isolation step (namespaces, scratch tmpfs, /proc, capabilities,
+   Landlock, seccomp), then ``hello`` (with credentials: the host learns the pid and puts the worker in its
+   cgroup). A pooled worker then waits, blocked, using no CPU.
+2. *start*, when an episode claims it: the inputs arrive (image memfds, the video) with the episode's
+   limits; the namespace is built and ``started`` answered. Only then is code run, so the model's first
+   line already runs confined.
 """
 
 from __future__ import annotations
@@ -17,8 +23,9 @@ import time
 import traceback
 from typing import Any, NoReturn
 
-from . import _isolation, _wire
-from ._capture import FrameSink, Hooks, OutputCapture, truncate_middle
+from . import _isolation, _rootfs, _wire
+from ._capture import FrameSink, Hooks, OutputCapture
+from ._text import truncate_middle
 
 _THIS_FILE = __file__
 _MAX_REQUEST = 64 * 1024 * 1024
@@ -36,10 +43,21 @@ class _Interrupts:
             raise KeyboardInterrupt
 
 
-def _apply_limits_and_isolation(spawn: dict[str, Any]) -> dict[str, Any]:
-    limits, plan = spawn["limits"], spawn["isolation"]
-    applied = {"network": "none", "filesystem": "none", "processes": "process-group"}
+def _apply_isolation(spawn: dict[str, Any], bpf: bytes) -> dict[str, Any]:
+    """Confine this process before it answers anything; returns what was applied (for the host's report).
+
+    With a private root (``plan["mountns"]``) the worker gets its own mount, IPC and UTS namespaces, a
+    fresh scratch tmpfs and /proc; without it, Landlock also restricts reads to what the interpreter needs.
+    Capabilities are dropped after the last step that needs them; seccomp comes last.
+    """
+    limits, plan = spawn["prep"], spawn["isolation"]
+    applied = {"network": "none", "filesystem": "none", "processes": "process-group", "ipc": "host",
+               "syscalls": "none"}
     os.setsid()  # killpg(0) or a terminal's signals reach this episode's processes only
+    if plan["mountns"]:
+        _rootfs.enter_worker_root(limits["max_scratch_mb"], own_network=plan["landlock_abi"] < 6,
+                                  tmp_paths=plan["tmp_paths"])
+        applied.update(filesystem="private-root", ipc="namespace")
     if plan["pidns"]:
         _isolation.limit_pids_in_namespace(limits["max_processes"])
         applied["processes"] = "pid-namespace"
@@ -48,21 +66,36 @@ def _apply_limits_and_isolation(spawn: dict[str, Any]) -> dict[str, Any]:
         resource.setrlimit(resource.RLIMIT_NPROC, (limits["max_processes"], limits["max_processes"]))
     if plan["netns"]:
         applied["network"] = "namespace"
-    os.chdir(spawn["scratch_dir"])
+    if plan["mode"] != "none":
+        _isolation.join_fresh_session_keyring()
+    scratch = _rootfs.HOME if plan["mountns"] else spawn["scratch_dir"]
+    os.chdir(scratch)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limits["max_file_mb"] << 20,) * 2)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limits["max_open_files"],) * 2)
-    if plan["landlock_abi"]:
-        _isolation.landlock_restrict_writes([spawn["scratch_dir"]], plan["landlock_abi"])
-        applied["filesystem"] = "landlock"
-        if applied["network"] == "none" and plan["landlock_abi"] >= 4:
+    if plan["mode"] != "none":
+        _isolation.drop_capabilities()
+    abi = plan["landlock_abi"]
+    if abi:
+        # with a private root, /tmp is the scratch's tmp (a link to it, or a bind where installs live in /tmp)
+        writable = [_rootfs.SANDBOX, "/tmp"] if plan["mountns"] else [scratch]
+        rules = [(path, _isolation.landlock_write_rights(abi) | _isolation.FS_READ) for path in writable]
+        rules.append(("/dev/null", _isolation.FS_WRITE_FILE | _isolation.FS_READ_FILE))
+        if not plan["mountns"]:  # the host's files are visible: allow reading only what the interpreter needs
+            rules += [(path, _isolation.FS_READ) for path in _rootfs.exposed_paths()]
+            rules += [(f"/dev/{name}", _isolation.FS_READ) for name in ("zero", "full", "random", "urandom")]
+            rules.append(("/proc/self", _isolation.FS_READ))  # resolved now: this process's own entry only
+        _isolation.landlock_restrict(rules, abi, handle_reads=not plan["mountns"])
+        if not plan["mountns"]:
+            applied["filesystem"] = "landlock"
+        if applied["network"] == "none" and abi >= 4:
             applied["network"] = "landlock-tcp"
-    if plan["seccomp"]:
-        _isolation.seccomp_deny_inet_sockets()
-        applied["network"] = "seccomp"
+    if bpf:
+        _isolation.load_seccomp_filter(bpf)
+        applied["syscalls"] = "seccomp"
+        if applied["network"] in ("none", "landlock-tcp"):
+            applied["network"] = "seccomp"
     os.environ.clear()
-    os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=spawn["scratch_dir"], LANG="C.UTF-8",
-                      TMPDIR=spawn["scratch_dir"], MPLBACKEND="Agg", OMP_NUM_THREADS="1",
+    os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=scratch, LANG="C.UTF-8",
+                      TMPDIR=_rootfs.TMP if plan["mountns"] else scratch, MPLBACKEND="Agg", OMP_NUM_THREADS="1",
                       OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
     return applied
 
@@ -76,21 +109,26 @@ def _limit_memory(budget_mb: int) -> None:
 
 
 def _build_namespace(spawn: dict[str, Any], image_fds: list[int], hooks: Hooks) -> dict[str, Any]:
+    import base64
+    import io
+
     import cv2
+    import matplotlib
     import matplotlib.pyplot as plt
     import numpy as np
     from PIL import Image
 
     from ..media import video as video_mod
 
+    # the names PyVision-RL's runtime predefines (io, base64, matplotlib too), so its models' code runs as is
     ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__, "np": np, "plt": plt,
-                          "Image": Image, "cv2": cv2, "display": hooks.display,
-                          "VideoReader": video_mod.VideoReader, "cpu": video_mod.cpu}
+                          "Image": Image, "cv2": cv2, "io": io, "base64": base64, "matplotlib": matplotlib,
+                          "display": hooks.display, "VideoReader": video_mod.VideoReader, "cpu": video_mod.cpu}
     for i, ((h, w), fd) in enumerate(zip(spawn["images"], image_fds)):
         ns[f"image_clue_{i}"] = _map_image(fd, h, w)
         os.close(fd)
-    if spawn.get("video"):
-        ns["video_clue_0"] = video_mod.VideoReader(spawn["video"], cache_mb=spawn["limits"]["video_cache_mb"])
+    if spawn.get("video"):  # the video service's socket follows the image fds
+        ns["video_clue_0"] = video_mod.ServedVideoReader(image_fds[len(spawn["images"])], spawn["video"])
     return ns
 
 
@@ -150,9 +188,8 @@ def _run_code(code: str, cell: int, ns: dict[str, Any]) -> str | None:
     return None
 
 
-def _serve(sock: socket.socket, spawn: dict[str, Any], ns: dict[str, Any], sink: FrameSink,
+def _serve(sock: socket.socket, limits: dict[str, Any], ns: dict[str, Any], sink: FrameSink,
            output: OutputCapture, my_pid: int) -> NoReturn:
-    limits = spawn["limits"]
     cell = 0
     while True:
         try:
@@ -187,30 +224,49 @@ def _serve(sock: socket.socket, spawn: dict[str, Any], ns: dict[str, Any], sink:
             os._exit(0)
 
 
-def main(sock: socket.socket, spawn: dict[str, Any], image_fds: list[int]) -> NoReturn:
-    """Entry point in the freshly forked child; reports startup failures to the host, then serves."""
+def _start(start: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], FrameSink, OutputCapture]:
+    """Phase 2: the episode's limits and inputs. ``fds`` are one sealed memfd per input image, then, for a
+    video, a socket to the host's video service bound to that one video (the worker never sees its file)."""
+    limits = start["limits"]
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits["max_file_mb"] << 20,) * 2)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limits["max_open_files"],) * 2)
+    sink = FrameSink(limits["max_frames_per_step"], limits["max_frames_per_episode"], limits["max_frame_pixels"])
+    ns = _build_namespace(start, fds, Hooks(sink))
+    output = OutputCapture(limits["max_output_chars"])
+    _limit_memory(limits["memory_limit_mb"])
+    return ns, sink, output
+
+
+def main(sock: socket.socket, spawn: dict[str, Any], bpf: bytes) -> NoReturn:
+    """Entry point in the freshly forked child: prepare, say hello, wait for the inputs, start, serve.
+    Failures are reported to the host, which raises a clear error. ``bpf`` is the zygote's compiled
+    seccomp filter (empty: none)."""
     try:
         signal.signal(signal.SIGINT, _Interrupts.handler)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past RLIMIT_FSIZE raise instead of killing
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         my_pid = os.getpid()
-        applied = _apply_limits_and_isolation(spawn)
-        limits = spawn["limits"]
-        sink = FrameSink(limits["max_frames_per_step"], limits["max_frames_per_episode"],
-                         limits["max_frame_pixels"])
-        hooks = Hooks(sink)
-        ns = _build_namespace(spawn, image_fds, hooks)
-        output = OutputCapture(limits["max_output_chars"])
-        _limit_memory(limits["memory_limit_mb"])
-        hello = {"op": "hello", "ok": True, "isolation": applied}
-    except BaseException as exc:  # noqa: BLE001 - reported to the host, which raises a clear error
-        kind = "media" if type(exc).__name__ == "MediaError" else "startup"
-        hello = {"op": "hello", "ok": False, "kind": kind, "error": f"{type(exc).__name__}: {exc}"}
+        hello = {"op": "hello", "ok": True, "isolation": _apply_isolation(spawn, bpf)}
+    except BaseException as exc:  # noqa: BLE001
+        hello = {"op": "hello", "ok": False, "error": f"{type(exc).__name__}: {exc}"}
     try:
         _wire.send(sock, hello, credentials=True)  # tells the host our pid in its PID namespace
+        if not hello["ok"]:
+            os._exit(1)
+        msg = _wire.recv(sock, 1 << 20, 0, max_fds=64)  # a pooled worker waits here
+    except BaseException:  # noqa: BLE001 - the host is gone (or interrupted us while we wait): nothing to do
+        os._exit(0)
+    try:
+        ns, sink, output = _start(msg.header, msg.fds)
+        started = {"op": "started", "ok": True}
+    except BaseException as exc:  # noqa: BLE001
+        kind = "media" if type(exc).__name__ == "MediaError" else "startup"
+        started = {"op": "started", "ok": False, "kind": kind, "error": f"{type(exc).__name__}: {exc}"}
+    try:
+        _wire.send(sock, started)
     except OSError:
         os._exit(1)
-    if not hello["ok"]:
+    if not started["ok"]:
         os._exit(1)
-    _serve(sock, spawn, ns, sink, output, my_pid)
+    _serve(sock, msg.header["limits"], ns, sink, output, my_pid)

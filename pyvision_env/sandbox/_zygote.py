@@ -4,11 +4,14 @@ Run as a script (``python _zygote.py CONTROL_FD OPTIONS_JSON``), not with ``-m``
 run ``pyvision_env/__init__.py`` and start threads before the namespaces are made (``unshare`` of a
 user namespace needs a single-threaded process). The sequence is:
 
-1. launcher: user + network + PID namespaces (stdlib only), then fork: the child is PID 1 of a PID
-   namespace this user namespace owns, so it may make a nested PID namespace for every worker;
+1. launcher: user + network + PID + mount + IPC + UTS namespaces (stdlib only), then fork: the child is
+   PID 1 of a PID namespace this user namespace owns, so it may make a nested PID namespace per worker;
 2. zygote: import numpy, PIL, cv2, matplotlib (Agg), the video backend and the worker code, warm them;
+   compile the seccomp filter; build the minimal read-only root (``_rootfs``) and pivot into it, so the
+   host's filesystem is gone from this process and from everything it forks;
 3. loop on the host's control socket: ``spawn`` forks a worker (PID 1 of its own PID namespace, so
-   killing it kills all it started), ``wait`` reaps one; EOF (the host exited or died) ends everything.
+   killing it kills all it started); children are reaped as they exit (SIGCHLD wakes the loop) and their
+   statuses kept for a later ``status`` request; EOF (the host exited or died) ends everything.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import select
 import signal
 import socket
 import sys
 import time
+from collections import OrderedDict
 
 
 def _load_isolation():  # by path: importing the package here would defeat the point (see above)
@@ -31,15 +36,21 @@ def _load_isolation():  # by path: importing the package here would defeat the p
 
 
 def _enter_namespaces(iso, options: dict) -> dict:
-    plan = {"netns": False, "pidns": False, "landlock_abi": 0, "seccomp": False, "problems": []}
+    plan = {"mode": options["mode"], "netns": False, "pidns": False, "mountns": False, "ipcns": False,
+            "landlock_abi": 0, "seccomp": False, "tmp_paths": [], "problems": []}
     if options["mode"] == "none":
         return plan
-    if options["use_namespaces"]:
+    if not options["use_namespaces"]:
+        plan["problems"].append("namespaces disabled (use_namespaces=False): no private filesystem, PID, IPC or "
+                                "network namespaces")
+    else:
         try:
-            iso.enter_user_namespace(net=True, pid=True)
-            plan["netns"] = plan["pidns"] = True
+            iso.enter_user_namespace(iso.CLONE_NEWNET | iso.CLONE_NEWPID | iso.CLONE_NEWNS | iso.CLONE_NEWIPC
+                                     | iso.CLONE_NEWUTS)
+            plan.update(netns=True, pidns=True, mountns=True, ipcns=True)
         except OSError as exc:
-            plan["problems"].append(f"user namespaces refused ({exc})")
+            plan["problems"].append(f"user namespaces refused ({exc}): no private filesystem, PID, IPC or "
+                                    "network namespaces")
     return plan
 
 
@@ -56,8 +67,6 @@ def _preload() -> None:
     from pyvision_env.media import video  # noqa: F401
     from pyvision_env.sandbox import _worker  # noqa: F401
 
-    if video.available_backend() == "decord":
-        import decord  # noqa: F401
     cv2.setNumThreads(1)
     fig, ax = plt.subplots()  # warm the renderer and the font cache once, for every worker
     ax.plot([0, 1], [0, 1])
@@ -77,13 +86,57 @@ def _thread_count() -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
 
 
-def _serve(ctrl: socket.socket, plan: dict, iso) -> None:
+def _isolate(plan: dict, options: dict, iso) -> bytes:
+    """After the preloads: the seccomp filter and the private root. Returns the filter's BPF (empty
+    without seccomp); problems go into ``plan``. Everything the zygote and its workers import later
+    must be imported before the root is built (the root exposes only what is imported by then)."""
+    if options["mode"] == "none":
+        return b""
+    from pyvision_env.sandbox import _rootfs, _seccomp
+
+    plan["landlock_abi"] = iso.landlock_abi()
+    if not plan["landlock_abi"]:
+        plan["problems"].append("Landlock unavailable: no second line of defence for the filesystem, signals "
+                                "and abstract unix sockets")
+    if plan["mountns"]:
+        try:
+            plan["tmp_paths"] = _rootfs.build_root(os.path.join(options["scratch_root"], "root"))
+        except OSError as exc:
+            plan["mountns"] = False
+            plan["problems"].append(f"no private root ({exc}): the host's files are hidden by Landlock only")
+    try:
+        bpf = _seccomp.compile_filter(private_root=plan["mountns"])
+        plan["seccomp"] = True
+    except (ImportError, OSError, RuntimeError, AttributeError) as exc:
+        bpf = b""
+        plan["problems"].append(f"no seccomp filter ({exc}): pip install pyseccomp and the libseccomp library")
+    return bpf
+
+
+def _serve(ctrl: socket.socket, plan: dict, bpf: bytes, iso) -> None:
     from pyvision_env.sandbox import _wire, _worker
 
     pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC) if plan["pidns"] else -1
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so SIGCHLD writes to the wakeup fd
     children: set[int] = set()
-    statuses: dict[int, int] = {}
+    statuses: OrderedDict[int, int] = OrderedDict()  # exit statuses of reaped workers, newest last
     while True:
+        _reap(children, statuses)
+        try:
+            ready, _, _ = select.select([ctrl, wake_r], [], [])
+        except InterruptedError:
+            continue
+        if wake_r in ready:
+            while True:
+                try:
+                    if not os.read(wake_r, 4096):
+                        break
+                except BlockingIOError:
+                    break
+        if ctrl not in ready:
+            continue
         try:
             msg = _wire.recv(ctrl, 1 << 24, 0, max_fds=64)
         except (EOFError, OSError, _wire.ProtocolError):
@@ -94,11 +147,13 @@ def _serve(ctrl: socket.socket, plan: dict, iso) -> None:
                 iso.unshare(iso.CLONE_NEWPID)
             pid = os.fork()
             if pid == 0:
-                ctrl.close()
-                if pidns_fd >= 0:
-                    os.close(pidns_fd)
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                for fd in (ctrl.fileno(), wake_r, wake_w, pidns_fd):
+                    if fd >= 0:
+                        os.close(fd)
                 try:
-                    _worker.main(socket.socket(fileno=msg.fds[0]), dict(msg.header, isolation=plan), msg.fds[1:])
+                    _worker.main(socket.socket(fileno=msg.fds[0]), dict(msg.header, isolation=plan), bpf)
                 finally:
                     os._exit(1)  # a worker never returns into the zygote's loop
             if plan["pidns"]:
@@ -107,29 +162,14 @@ def _serve(ctrl: socket.socket, plan: dict, iso) -> None:
                 os.close(fd)
             children.add(pid)
             _wire.send(ctrl, {"op": "spawned", "zpid": pid})
-        elif op == "wait":
+        elif op == "status":  # only asked for a worker that died on its own: it is exiting already
             zpid = msg.header["zpid"]
-            status = statuses.pop(zpid, None)
             deadline = time.monotonic() + 2.0
-            while status is None and zpid in children and time.monotonic() < deadline:
-                done, st = os.waitpid(zpid, os.WNOHANG)
-                if done:
-                    status = st
-                else:
-                    time.sleep(0.0005)
-            children.discard(zpid)
-            _wire.send(ctrl, {"op": "waited", "zpid": zpid, "status": status})
-        # reap whatever else ended, keeping statuses for a later "wait"
-        while children:
-            try:
-                done, st = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if not done:
-                break
-            if done in children:
-                children.discard(done)
-                statuses[done] = st
+            while zpid in children and time.monotonic() < deadline:
+                _reap(children, statuses)
+                if zpid in children:
+                    time.sleep(0.001)
+            _wire.send(ctrl, {"op": "status", "zpid": zpid, "status": statuses.pop(zpid, None)})
     for pid in children:
         try:
             os.killpg(pid, signal.SIGKILL) if not plan["pidns"] else os.kill(pid, signal.SIGKILL)
@@ -138,7 +178,28 @@ def _serve(ctrl: socket.socket, plan: dict, iso) -> None:
     os._exit(0)
 
 
+def _reap(children: set[int], statuses: OrderedDict[int, int]) -> None:
+    """Reap every worker that has exited (the host kills them; nothing waits for them here)."""
+    while children:
+        try:
+            done, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            children.clear()
+            return
+        if not done:
+            return
+        children.discard(done)
+        statuses[done] = status
+        while len(statuses) > 4096:
+            statuses.popitem(last=False)
+
+
 def main() -> None:
+    # A blocked or ignored signal survives fork and exec: a host that runs in a Ray worker (which blocks
+    # SIGINT) would give every interpreter a deaf ear to the interrupt that stops runaway code.
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
     ctrl_fd, options = int(sys.argv[1]), json.loads(sys.argv[2])
     iso = _load_isolation()
     plan = _enter_namespaces(iso, options)
@@ -156,24 +217,14 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - the host turns this into SandboxStartError
         _wire.send(ctrl, {"op": "ready", "ok": False, "error": f"preloading failed: {exc!r}"})
         os._exit(1)
-    if options["mode"] != "none":
-        plan["landlock_abi"] = iso.landlock_abi()
-        if not plan["landlock_abi"]:
-            plan["problems"].append("Landlock unavailable: writes outside the scratch directory are not blocked")
-        if not plan["netns"]:
-            try:
-                import pyseccomp  # noqa: F401
-
-                plan["seccomp"] = True
-            except ImportError as exc:
-                plan["problems"].append(f"no seccomp fallback for the network ({exc})")
+    bpf = _isolate(plan, options, iso)
     threads = _thread_count()
     if threads != 1:
         _wire.send(ctrl, {"op": "ready", "ok": False,
                           "error": f"zygote has {threads} threads after preloading; fork would be unsafe"})
         os._exit(1)
     _wire.send(ctrl, {"op": "ready", "ok": True, "plan": plan, "pid_in_namespace": os.getpid()})
-    _serve(ctrl, plan, iso)
+    _serve(ctrl, plan, bpf, iso)
 
 
 if __name__ == "__main__":

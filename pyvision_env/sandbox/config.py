@@ -27,7 +27,11 @@ class SandboxConfig(BaseModel):
                                   "kept) with a note.")
     max_file_mb: int = Field(256, ge=1, description="Largest file the code may write (RLIMIT_FSIZE); also "
                              "bounds captured output.")
+    max_scratch_mb: int = Field(512, ge=1, description="Size of the episode's scratch tmpfs (its working "
+                                "directory and /tmp) where the sandbox has a private root; its pages also "
+                                "count against the episode's memory cgroup.")
     max_open_files: int = Field(512, ge=32, description="RLIMIT_NOFILE of the worker.")
+    cpu_limit_cores: float = Field(1.0, gt=0, description="CPU the episode's processes may use together, "
+                                   "in cores (a cgroup quota where the cpu controller is available).")
     max_processes: int = Field(301, ge=301, description="PIDs in the episode's PID namespace (the "
                                "kernel's minimum is 301); RLIMIT_NPROC where there is no PID namespace.")
-    video_cache_mb: int = Field(512, ge=0, description="Decoded video frames kept per episode.")

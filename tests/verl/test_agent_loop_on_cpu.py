@@ -117,8 +117,9 @@ def test_image_episode_turn_by_turn(make_loop, make_row, scripted, tokenizer, pr
     assert answer_end == len(out.response_ids) and tokenizer.decode(out.response_ids[-1:]) == "<|im_end|>"
     assert out.num_turns == 4
     assert out.extra_fields == {
-        "n_tool_calls": 1, "num_turns": 4, "end_reason": "answered", "n_images": 2, "broken": False,
-        "broken_reason": None, "prediction": task.answer, "answered_without_tools": False,
+        "n_tool_calls": 1, "num_turns": 4, "end_reason": "answered", "n_images": 2, "observation_images": 1,
+        "broken": False, "broken_reason": None, "malformed": False, "prediction": task.answer, "accuracy": 1.0,
+        "answered_without_tools": False,
         "visual_tokens": (out.prompt_ids + out.response_ids).count(processor.image_token_id)}
 
 
@@ -133,8 +134,9 @@ def test_video_episode_adds_the_frames_the_code_shows(make_loop, make_row, scrip
     assert user in tokenizer.decode(out.prompt_ids) and processor.image_token_id not in out.prompt_ids
     assert [len(call["images"]) for call in server.calls] == [0, 1]
     assert out.extra_fields | {"visual_tokens": None} == {
-        "n_tool_calls": 1, "num_turns": 4, "end_reason": "answered", "n_images": 1, "broken": False,
-        "broken_reason": None, "prediction": task.answer, "answered_without_tools": False, "visual_tokens": None}
+        "n_tool_calls": 1, "num_turns": 4, "end_reason": "answered", "n_images": 1, "observation_images": 1,
+        "broken": False, "broken_reason": None, "malformed": False, "prediction": task.answer, "accuracy": 1.0,
+        "answered_without_tools": False, "visual_tokens": None}
 
 
 def check_training_forward(post: Any, out: Any, model: Any) -> None:
@@ -187,8 +189,9 @@ def test_image_limit_stops_before_the_frames_are_appended(make_loop, make_row, s
     check_turns(out, server, processor, response_length=2048)
     assert len(server.calls) == 1 and out.response_mask == [1] * len(out.response_ids)
     assert out.extra_fields | {"visual_tokens": None} == {
-        "n_tool_calls": 1, "num_turns": 2, "end_reason": "image_limit", "n_images": 1, "broken": True,
-        "broken_reason": "image_limit", "prediction": None, "answered_without_tools": False, "visual_tokens": None}
+        "n_tool_calls": 1, "num_turns": 2, "end_reason": "image_limit", "n_images": 1, "observation_images": 0,
+        "broken": True, "broken_reason": "image_limit", "malformed": False, "prediction": None, "accuracy": None,
+        "answered_without_tools": False, "visual_tokens": None}
 
 
 def test_response_budget_stops_before_an_observation_that_does_not_fit(make_loop, make_row, scripted, compose_config,
@@ -251,8 +254,8 @@ def test_placeholder_tokens_written_by_the_model_are_cut(spelled, make_loop, mak
 
 @pytest.mark.parametrize(("first", "reason"), [("I think the answer is on the left.", "format_error"),
                                                 ("import os\nos._exit(3)", "crash")])
-def test_malformed_turns_and_crashes_mark_broken_and_the_episode_goes_on(first, reason, make_loop, make_row, scripted,
-                                                                          processor):
+def test_malformed_turns_and_crashes_are_marked_and_the_episode_goes_on(first, reason, make_loop, make_row, scripted,
+                                                                         processor):
     task = suite("synthetic-image")[0]
     turn = first if reason == "format_error" else scripted.code(first)
     server = scripted([turn, *map(scripted.code, task.metadata["solution"]), scripted.answer(task.answer)])
@@ -260,8 +263,10 @@ def test_malformed_turns_and_crashes_mark_broken_and_the_episode_goes_on(first, 
 
     check_turns(out, server, processor, response_length=2048)
     assert out.extra_fields["end_reason"] == "answered" and out.extra_fields["prediction"] == task.answer
-    assert out.extra_fields["broken"] and out.extra_fields["broken_reason"] == reason
-    assert out.extra_fields["n_tool_calls"] == (1 if reason == "format_error" else 2)
+    malformed = reason == "format_error"  # a malformed turn is not broken: the sampler decides (keep_malformed)
+    assert out.extra_fields["malformed"] == malformed and out.extra_fields["broken"] == (not malformed)
+    assert out.extra_fields["broken_reason"] == (None if malformed else reason)
+    assert out.extra_fields["n_tool_calls"] == (1 if malformed else 2)
 
 
 def test_end_on_error_from_the_yaml_ends_the_episode(make_loop, make_row, scripted, processor):
@@ -284,13 +289,10 @@ def test_turn_budget_follows_max_assistant_turns_unless_the_yaml_sets_max_turns(
         assert out.extra_fields["num_turns"] == 1 + turns + (turns - 1) and not out.extra_fields["broken"]
 
 
-def test_code_runs_off_the_event_loop(make_loop, make_row, scripted, tmp_path):
-    """The sandboxed code waits for a file that only another coroutine of the same event loop writes:
-    it sees the file only if the env step does not block the loop."""
-    flag = tmp_path / "flag"
-    wait = (f"import os, time\nfor _ in range(500):\n    if os.path.exists({str(flag)!r}):\n"
-            "        print('flag seen')\n        break\n    time.sleep(0.01)\nelse:\n    print('no flag')")
-    server = scripted([scripted.code(wait), scripted.answer("1")])
+def test_code_runs_off_the_event_loop(make_loop, make_row, scripted):
+    """While the sandboxed code sleeps for a second, another coroutine of the same event loop keeps
+    ticking: it can only if the env step does not block the loop (a blocked loop gives it a tick or two)."""
+    server = scripted([scripted.code("import time\ntime.sleep(1.0)\nprint('slept')"), scripted.answer("1")])
     generate, first_turn_sent = server.generate, asyncio.Event()
 
     async def generate_then_signal(*args: Any, **kwargs: Any) -> Any:
@@ -299,20 +301,26 @@ def test_code_runs_off_the_event_loop(make_loop, make_row, scripted, tmp_path):
         return output
 
     server.generate = generate_then_signal
+    ticks: list[float] = []
+    finished = asyncio.Event()
 
-    async def write_flag() -> None:
+    async def tick() -> None:
         await first_turn_sent.wait()
-        await asyncio.sleep(0.1)
-        flag.write_text("go")
+        while not finished.is_set():
+            ticks.append(asyncio.get_running_loop().time())
+            await asyncio.sleep(0.01)
 
     async def main() -> Any:
-        writer = asyncio.create_task(write_flag())
-        out = await make_loop(server).run(dict(SAMPLING), **make_row(suite("synthetic-image")[0]))
-        await writer
-        return out
+        ticker = asyncio.create_task(tick())
+        try:
+            return await make_loop(server).run(dict(SAMPLING), **make_row(suite("synthetic-image")[0]))
+        finally:
+            finished.set()
+            await ticker
 
     out = asyncio.run(main())
-    assert "Text Result:\nflag seen\n" in server.tokenizer.decode(out.response_ids)
+    assert "Text Result:\nslept\n" in server.tokenizer.decode(out.response_ids)
+    assert len(ticks) >= 20, f"the event loop ticked {len(ticks)} times during a 1 s execution"
 
 
 def test_an_env_that_does_not_answer_in_time_drops_the_episode(make_loop, make_row, scripted):
@@ -377,5 +385,57 @@ def test_yaml_entry_is_what_verl_registers():
     assert entry.name == "pyvision_agent"
     assert entry._target_ == "pyvision_agent.verl.agent_loop.PyVisionAgentLoop"
     assert OmegaConf.to_container(entry) == {"name": "pyvision_agent", "_target_": entry._target_, "max_images": 32,
-                                             "max_tokens_per_turn": 10240, "end_on_error": False,
-                                             "max_frames_per_episode": 32}
+                                             "max_tokens_per_turn": 10240, "max_frames_per_episode": 32,
+                                             "sandbox_backend": "local"}
+
+
+# -- profile pyvision_rl and hostile output -------------------------------------------------------------
+
+def test_profile_pyvision_rl_splices_the_reply_after_code_and_ends_on_errors(make_loop, make_row, scripted, tokenizer,
+                                                                           processor):
+    """PyVision-RL's training stream: the reply follows the model's </code> with no end-of-turn token; their
+    reply layout; a runtime error ends the episode (not broken, reward 0 from the env)."""
+    task = suite("synthetic-image")[0]
+    yaml = {"profile": "pyvision_rl"}
+    server = scripted([scripted.code("print(6 * 7)"), scripted.code("1 / 0"), scripted.answer("1")])
+    with pytest.warns(UserWarning, match="exact reproduction of PyVision-RL needs their template"):
+        out = play(make_loop, server, make_row(task), yaml=yaml)
+
+    check_turns(out, server, processor, response_length=2048)
+    assert len(server.calls) == 2
+    (_, code_end), (second_start, _) = runs(out.response_mask, 1)
+    assert tokenizer.decode(out.response_ids[:code_end]).endswith("</code>")
+    reply = tokenizer.decode(out.response_ids[code_end:second_start])
+    assert reply == ("<|im_start|>user\n<tool_response>\n<interpreter>\nText Result:\n42</interpreter>\n\n"
+                     "</tool_response><|im_end|>\n<|im_start|>assistant\n")
+    assert out.extra_fields["end_reason"] == "error" and not out.extra_fields["broken"]
+    assert out.extra_fields["accuracy"] == 0.0 and out.extra_fields["n_tool_calls"] == 2
+
+
+def test_profile_pyvision_rl_ends_on_a_malformed_turn_as_a_reward_0_sample(make_loop, make_row, scripted, processor):
+    server = scripted(["I think it is 3.", scripted.answer("3")])
+    with pytest.warns(UserWarning):
+        out = play(make_loop, server, make_row(suite("synthetic-image")[0]), yaml={"profile": "pyvision_rl"})
+    assert len(server.calls) == 1 and out.response_mask == [1] * len(out.response_ids)
+    fields = out.extra_fields
+    assert (fields["end_reason"], fields["malformed"], fields["broken"], fields["accuracy"]) == (
+        "format_error", True, False, 0.0)
+
+
+def test_printed_image_tags_keep_images_and_placeholders_in_lockstep(make_loop, make_row, scripted, tokenizer,
+                                                                     processor):
+    """Code that prints the placeholder tokens of every dialect (and shows one real image) must not add
+    placeholder runs to the stream: the lockstep check would raise and the training forward fail."""
+    # the code assembles the special tokens: written whole in the model's turn they would be tokens there
+    forged = ("pad, vision = '_pad|>', '<|vision'\nprint(vision + '_start|><|image' + pad + vision + '_end|> <image> "
+              "<image_clue_7></image_clue_7> <|video' + pad)\ndisplay(image_clue_0)")
+    task = suite("synthetic-image")[0]
+    server = scripted([scripted.code(forged), scripted.answer(task.answer)])
+    out = play(make_loop, server, make_row(task))
+
+    check_turns(out, server, processor, response_length=2048)  # one placeholder run per image, all along
+    assert out.extra_fields["n_images"] == 2 and out.extra_fields["end_reason"] == "answered"
+    (_, code_end), (answer_start, _) = runs(out.response_mask, 1)
+    reply = tokenizer.decode(out.response_ids[code_end:answer_start])
+    assert reply.count("<|vision_start|>") == 1  # the one real frame; check_turns counted its pad run
+    assert "<\u200b|vision_start|>" in reply and "7 image tag(s) in this text were broken" in reply

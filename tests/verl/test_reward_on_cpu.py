@@ -41,8 +41,8 @@ def test_score_is_accuracy_plus_tool_reward_for_right_answers(prediction, n_tool
                                     end_reason="answered"), **kwargs)
     accuracy = 1.0 if score else 0.0
     assert result == pytest.approx({"score": score, "acc": accuracy, "accuracy": accuracy, "tool_reward": tool,
-                                    "n_tool_calls": float(n_tool_calls), "broken": 0.0, "end_reason": "answered",
-                                    "pred": prediction or ""})
+                                    "n_tool_calls": float(n_tool_calls), "broken": 0.0, "malformed": 0.0,
+                                    "end_reason": "answered", "pred": prediction or ""})
 
 
 def test_judges_follow_the_task_answer_type():
@@ -53,6 +53,30 @@ def test_judges_follow_the_task_answer_type():
     mra = Task(question="How far?", answer="10", answer_type="mra")
     assert compute_score("s", "", "10", info_for(mra, prediction="9"))["acc"] == 1.0  # MRA 0.8: right
     assert compute_score("s", "", "10", info_for(mra, prediction="4"))["acc"] == 0.0
+    graded = compute_score("s", "", "10", info_for(mra, prediction="9", n_tool_calls=2), mra_reward="graded")
+    assert (graded["acc"], graded["tool_reward"], graded["score"]) == pytest.approx((0.8, 0.2, 1.0))
+
+
+@pytest.mark.parametrize(("data_source", "ground_truth", "prediction", "accuracy"), [
+    ("vstar", "A", "A", 1.0),                # was 0: a one-letter text answer lost its letter to the article rule
+    ("vstar", "B", "\\boxed{'B'}", 1.0),    # their prompt shows the quotes
+    ("vstar", "B", "B. cotton", 1.0),
+    ("vstar", "B", "C", 0.0),
+    ("mathvista", "600", "599", 0.0),        # was 1: a 1% default tolerance
+    ("vsi_numerical", "3.0", "3", 1.0),      # was 0: vsi_numerical rows are MRA
+    ("vsi_numerical", "10", "7.5", 1.0),     # MRA 0.5: right under the binary default
+])
+def test_rows_without_a_task_are_judged_as_the_env_infers_them(data_source, ground_truth, prediction, accuracy):
+    """PyVision-RL's rows carry no answer type: the answer and the data source decide, as in the env."""
+    result = compute_score(data_source, f"<answer>{prediction}</answer>", ground_truth, {"question": "Which?"})
+    assert result["acc"] == accuracy
+
+
+def test_the_env_accuracy_from_the_agent_loop_wins():
+    """Under profile pyvision_rl the env pays graded MRA; the loop reports it and the reward uses it."""
+    task = Task(question="How far?", answer="10", data_source="vsi_numerical")
+    result = compute_score("vsi_numerical", "", "10", info_for(task, prediction="9", accuracy=0.8, n_tool_calls=1))
+    assert (result["acc"], result["tool_reward"], result["score"]) == pytest.approx((0.8, 0.1, 0.9))
 
 
 def test_without_the_agent_loop_the_answer_is_read_from_the_response():
@@ -132,7 +156,7 @@ def test_reward_through_verl_naive_manager_after_the_agent_loop(reward_worker, m
         right = name != "wrong"
         expected = {"score": 1.15 if right else 0.0, "acc": float(right), "accuracy": float(right),
                     "tool_reward": 0.15 if right else 0.0, "n_tool_calls": 2.0,
-                    "broken": 1.0 if name == "malformed first" else 0.0, "end_reason": "answered",
-                    "pred": task.answer if right else "0000"}
+                    "broken": 0.0, "malformed": 1.0 if name == "malformed first" else 0.0,
+                    "end_reason": "answered", "pred": task.answer if right else "0000"}
         assert post.extra_fields["reward_extra_info"] == pytest.approx(expected), name
         assert post.reward_score == pytest.approx(expected["score"]), name

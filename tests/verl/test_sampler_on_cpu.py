@@ -55,10 +55,11 @@ def train(store):
 
 
 def traj(reward: float, n_tool_calls: int = 1, *, broken: bool = False, end: str = "answered",
-         turns: int = 2) -> dict:
+         turns: int = 2, malformed: bool = False, images: int = 1) -> dict:
     """One trajectory of the script: its reward and the agent loop's extra fields."""
     return {"reward": reward, "extra_fields": {"n_tool_calls": n_tool_calls, "num_turns": turns, "end_reason": end,
-                                               "broken": broken, "broken_reason": "image mismatch" if broken else None}}
+                                               "broken": broken, "broken_reason": "image mismatch" if broken else None,
+                                               "malformed": malformed, "observation_images": images}}
 
 
 class ScriptedRollouts:
@@ -233,11 +234,37 @@ def test_the_trainer_builds_it_from_the_config_on_cpu(train):
     assert (sampler.oversample_factor, sampler.min_std, sampler.gen_batch_size) == (3.0, 0.1, 4)
 
 
+def test_their_per_trajectory_filters_as_options_on_cpu(train):
+    """require_image leaves out trajectories that never showed an image (the rest of the group trains);
+    keep_malformed trains on malformed trajectories (reward 0 under the profile) instead of dropping the group."""
+    groups = [
+        [traj(0, images=0), traj(1.1), traj(0), traj(1.2, images=0)],     # p000: sessions 0 and 3 leave
+        [traj(0, end="format_error", malformed=True), traj(1.1), traj(0), traj(1.1)],  # p001: malformed
+        [traj(1.0, images=0), traj(0, images=0)],                         # p002: nothing left
+        [traj(0), traj(0.5)],                                             # p003
+    ]
+    rollouts = ScriptedRollouts(groups)
+    batch, metrics = sample(make_sampler(rollouts, oversample_factor=2.0, require_image=True, keep_malformed=True),
+                            rollouts, batch_size=2)
+    assert rollouts.requests == [2, 2]
+    assert batch_uids(batch) == ["p000", "p001"]  # p000's survivors [1.1, 0] and p001: std 0.55 each; p003: 0.25
+    assert sorted(batch.keys) == ["p000_1_0", "p000_2_0", *(f"p001_{s}_0" for s in range(4))]
+    assert sorted(tq.kv_list("train").get("train", {})) == sorted(batch.keys)  # the left-out sessions are gone
+    assert metrics[P + "filtered/no_image/share"] == pytest.approx(1 / 4)
+    assert metrics[P + "filtered/no_image_trajectories"] == 4
+    assert metrics[P + "malformed/share"] == pytest.approx(1 / 12)
+
+    rollouts = ScriptedRollouts(groups)
+    batch, metrics = sample(make_sampler(rollouts), rollouts, batch_size=2)  # the defaults: whole groups
+    assert batch_uids(batch) == ["p000", "p002"] and metrics[P + "filtered/broken/share"] == pytest.approx(1 / 4)
+
+
 @pytest.mark.parametrize(("options", "message"), [
     ({"oversample": 2}, r"unknown trainer.v1.sampler.sampler_kwargs \['oversample'\]"),
     ({"oversample_factor": 0.5}, "oversample_factor must be a number >= 1, got 0.5"),
     ({"max_rounds": 0}, "max_rounds must be an int >= 1, got 0"),
     ({"gen_batch_size": None}, "gen_batch_size must be an int >= 1"),
+    ({"require_image": "yes"}, "require_image must be true or false, got 'yes'"),
 ])
 def test_bad_sampler_kwargs_fail_at_construction(options, message):
     with pytest.raises(ValueError, match=message):
