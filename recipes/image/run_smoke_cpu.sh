@@ -70,6 +70,7 @@ rm -rf "$OUT/metrics.jsonl" "$OUT/served.jsonl" "$OUT/rollouts" "$OUT/groups"
     trainer.resume_mode=disable \
     trainer.default_local_dir="$OUT/checkpoints" \
     trainer.rollout_data_dir="$OUT/rollouts" \
+    hydra.run.dir="$OUT/hydra" \
     +trainer.v1.sampler.sampler_kwargs.dump_dir="$OUT/groups" \
     ray_kwargs.ray_init.num_cpus=32 \
     +ray_kwargs.ray_init.num_gpus=1 \
