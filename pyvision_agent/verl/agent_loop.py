@@ -76,6 +76,9 @@ class _Trajectory:
     malformed: bool = False
     prediction: str | None = None
     accuracy: float | None = None
+    weight_steps: list[Any] = field(default_factory=list)
+    """The trainer step of the weights that served each turn (the server reports it): verl's trainer
+    reads the first and last as ``min_global_steps``/``max_global_steps`` to measure staleness."""
 
     def stop(self, reason: str) -> None:
         """End the episode early: the trajectory cannot go on, so it is broken."""
@@ -100,11 +103,12 @@ class PyVisionAgentLoop(AgentLoopBase):
     The row's ``extra_info`` holds ``env_id`` and ``task`` (the task as a JSON string); see
     ``pyvision_agent.verl.data``. verl's own constructor arguments (``trainer_config``,
     ``server_manager``, ``tokenizer``, ``processor``...) are passed through to ``AgentLoopBase``;
-    ``tools`` (verl's tool list) is accepted and unused: the env is the only tool.
+    ``tools`` (verl's tool list) and ``name`` (the YAML entry's name, which verl passes along with the
+    other keys) are accepted and unused: the env is the only tool.
     """
 
-    def __init__(self, *args: Any, tools: Any = None, max_images: int = 32, max_tokens_per_turn: int | None = None,
-                 env_timeout_margin_s: float = 60.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, tools: Any = None, name: str | None = None, max_images: int = 32,
+                 max_tokens_per_turn: int | None = None, env_timeout_margin_s: float = 60.0, **kwargs: Any) -> None:
         verl_names = ("trainer_config", "server_manager", "tokenizer", "processor", "dataset_cls", "data_config",
                       "hf_model_type")
         super().__init__(*args, **{k: kwargs.pop(k) for k in verl_names if k in kwargs})
@@ -202,6 +206,7 @@ class PyVisionAgentLoop(AgentLoopBase):
                 request_id=request_id, prompt_ids=traj.ids, sampling_params={**params, "max_tokens": budget},
                 image_data=traj.images or None, video_data=None, mm_processor_kwargs=self._get_mm_processor_kwargs())
         ids, logprobs = list(output.token_ids)[:budget], output.log_probs
+        traj.weight_steps.append(output.extra_fields.get("global_steps"))
         if traj.logprobs is not None and logprobs is None:
             raise ValueError("sampling_params asked for log-probs but the server returned none")
         cut = self._placeholder_cut(ids)
@@ -299,6 +304,8 @@ class PyVisionAgentLoop(AgentLoopBase):
                 "prediction": traj.prediction,
                 "accuracy": traj.accuracy,
                 "answered_without_tools": traj.prediction is not None and traj.n_tool_calls == 0,
+                "min_global_steps": traj.weight_steps[0] if traj.weight_steps else None,
+                "max_global_steps": traj.weight_steps[-1] if traj.weight_steps else None,
             },
         )
 

@@ -122,11 +122,17 @@ def tasks_from_hf(dataset: Iterable[dict[str, Any]], *, data_source: str, questi
     return tasks
 
 
-def synthetic_tasks(modality: Modality, n: int, *, start: int = 0) -> list[Task]:
-    """Tasks ``start .. start + n - 1`` of the built-in ``synthetic-<modality>`` suite (offline)."""
-    from pyvision_env.synthetic import SyntheticSuite
+def synthetic_tasks(modality: Modality, n: int, *, start: int = 0, kind: str | None = None) -> list[Task]:
+    """Tasks ``start .. start + n - 1`` of the built-in ``synthetic-<modality>`` suite (offline), or of its
+    ``synthetic-<kind>`` suite (one task generator, e.g. ``count_shapes``)."""
+    from pyvision_env.synthetic import SUITES, SyntheticSuite
 
-    suite = SyntheticSuite(f"synthetic-{modality}", size=start + n)
+    name = f"synthetic-{kind or modality}"
+    if SUITES.get(name, (None,))[0] != modality:
+        kinds = sorted(k.removeprefix("synthetic-") for k, (m, _) in SUITES.items()
+                       if m == modality and k != f"synthetic-{modality}")
+        raise ValueError(f"no synthetic {modality} suite {name!r}; {modality} kinds: {kinds}")
+    suite = SyntheticSuite(name, size=start + n)
     return [suite[i] for i in range(start, start + n)]
 
 
@@ -138,6 +144,8 @@ def main(argv: Sequence[str] | None = None, *, modality: Modality) -> list[Path]
     source.add_argument("--hf-dataset", metavar="NAME_OR_DIR",
                         help="Hugging Face dataset: a hub name (cached or downloadable) or a save_to_disk directory")
     source.add_argument("--synthetic", type=int, metavar="N", help="N built-in synthetic tasks (smoke run, offline)")
+    parser.add_argument("--synthetic-kind", metavar="KIND",
+                        help="only synthetic tasks of one kind (e.g. count_shapes); default: every kind in turn")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--val-size", type=int, default=16, help="tasks held out for validation (default 16)")
     parser.add_argument("--hf-split", default="train")
@@ -149,11 +157,16 @@ def main(argv: Sequence[str] | None = None, *, modality: Modality) -> list[Path]
     if args.val_size < 1:
         parser.error(f"--val-size must be >= 1, got {args.val_size}")
 
+    if args.synthetic_kind and args.synthetic is None:
+        parser.error("--synthetic-kind goes with --synthetic N")
     if args.synthetic is not None:
         if args.synthetic < 1:
             parser.error(f"--synthetic must be >= 1, got {args.synthetic}")
-        train = synthetic_tasks(modality, args.synthetic)
-        val = synthetic_tasks(modality, args.val_size, start=args.synthetic)  # unseen seeds
+        try:
+            train = synthetic_tasks(modality, args.synthetic, kind=args.synthetic_kind)
+            val = synthetic_tasks(modality, args.val_size, start=args.synthetic, kind=args.synthetic_kind)  # unseen
+        except ValueError as exc:
+            parser.error(str(exc))
     else:
         if args.pyvision_json:
             tasks = list(load_pyvision_rl_json(args.pyvision_json))

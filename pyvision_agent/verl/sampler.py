@@ -21,13 +21,18 @@ true`` (trajectories with a malformed turn are trained on; by default their grou
 
 ``gen_batch_size`` must equal the trainer's dataloader fetch size (``data.gen_batch_size``, or
 ``data.train_batch_size`` when that is null): verl can only submit whole fetches. Every step logs
-:func:`pyvision_agent.group_selection.collapse_metrics` under ``training/pyvision/``.
+:func:`pyvision_agent.group_selection.collapse_metrics` under ``training/pyvision/``. With ``dump_dir``
+set, every trajectory the step rolled out, dropped ones included, is written to
+``<dump_dir>/step_<n>.jsonl`` with its group's fate (``kept`` or the drop reason), reward, the agent
+loop's extra fields and its token ids and response mask: for debugging runs (it is large).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,7 +48,8 @@ logger = logging.getLogger(__name__)
 
 METRICS_PREFIX = "training/pyvision/"
 DEFAULTS: dict[str, Any] = {"oversample_factor": 2.0, "min_std": 0.0, "max_rounds": 3, "gen_batch_size": 1,
-                            "poll_interval_s": 2.0, "require_image": False, "keep_malformed": False}
+                            "poll_interval_s": 2.0, "require_image": False, "keep_malformed": False,
+                            "dump_dir": None}
 
 
 def _options(sampler_kwargs: Mapping[str, Any] | DictConfig | None) -> dict[str, Any]:
@@ -68,6 +74,8 @@ def _options(sampler_kwargs: Mapping[str, Any] | DictConfig | None) -> dict[str,
     for flag in ("require_image", "keep_malformed"):
         if not isinstance(options[flag], bool):
             raise ValueError(f"sampler_kwargs.{flag} must be true or false, got {options[flag]!r}")
+    if options["dump_dir"] is not None and not isinstance(options["dump_dir"], str):
+        raise ValueError(f"sampler_kwargs.dump_dir must be a directory path or null, got {options['dump_dir']!r}")
     return options
 
 
@@ -93,6 +101,7 @@ class PyVisionGroupSampler(ReplayBuffer):
         self.min_std = float(options["min_std"])
         self.max_rounds = options["max_rounds"]
         self.filters = {"require_image": options["require_image"], "keep_malformed": options["keep_malformed"]}
+        self.dump_dir: str | None = options["dump_dir"]
         self._stats: dict[str, GroupStats] = {}  # finished groups never change: read each once
 
     def _request(self, num_prompts: float) -> int:
@@ -150,6 +159,8 @@ class PyVisionGroupSampler(ReplayBuffer):
                 continue
             break
         kept = self._fill(selection, batch_size)
+        if self.dump_dir:
+            self._dump(global_steps, partition_id, selection, kept)
         self._clear_groups(partition_id, terminal - {g.uid for g in kept})
         self._clear_trajectories(partition_id, kept)
         snapshot = dict(self.partitions[partition_id])
@@ -184,3 +195,30 @@ class PyVisionGroupSampler(ReplayBuffer):
                 f"{selection.n_groups} were broken and only {len(kept)} usable after {self.max_rounds} rounds; "
                 f"look at the broken_reason of the agent loop, or raise sampler_kwargs.max_rounds / oversample_factor")
         return kept
+
+    def _dump(self, global_steps: int, partition_id: str, selection: Selection, kept: list[GroupStats]) -> None:
+        """Write every trajectory of the step's groups to ``<dump_dir>/step_<global_steps>.jsonl``."""
+        fate = {g.uid: reason for reason, groups in selection.dropped.items() for g in groups}
+        fate |= {g.uid: "kept" for g in kept}  # zero-variance groups padding the batch are kept too
+        keys = sorted(key for key in self.partitions[partition_id] if key.rsplit("_", 2)[0] in fate)
+        if not keys:
+            return
+        fields = ["prompts", "responses", "response_mask", "rm_scores", "extra_fields", "reward_model"]
+        data = tq.kv_batch_get(keys=keys, partition_id=partition_id, select_fields=fields)
+        os.makedirs(self.dump_dir, exist_ok=True)
+        with open(os.path.join(self.dump_dir, f"step_{global_steps}.jsonl"), "w", encoding="utf-8") as out:
+            for i, key in enumerate(keys):
+                uid, session, _ = key.rsplit("_", 2)
+                extra = dict(getattr(data["extra_fields"][i], "data", data["extra_fields"][i]))
+                reward_model = getattr(data["reward_model"][i], "data", data["reward_model"][i])
+                record = {"step": global_steps, "key": key, "uid": uid, "session": int(session), "group": fate[uid],
+                          "reward": float(data["rm_scores"][i].sum().item()),
+                          "ground_truth": reward_model.get("ground_truth"), "extra_fields": extra,
+                          "prompt_ids": data["prompts"][i].tolist(), "response_ids": data["responses"][i].tolist(),
+                          "response_mask": data["response_mask"][i].tolist()}
+                out.write(json.dumps(record, default=_plain_json) + "\n")
+
+
+def _plain_json(value: Any) -> Any:
+    """JSON for what the records hold besides plain types (numpy values, tensors)."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)

@@ -4,7 +4,8 @@ A tiny random Qwen2.5-VL with its tokenizer and image processor, verl's real tra
 with Hydra, PyVision dataset rows, and two generate servers with the signature of verl's
 ``LLMServerClient.generate``: :class:`ScriptedServer` plays given turns (so real code from the
 synthetic suites runs and the answer, reward and masks can be checked exactly) and
-:class:`TinyModelServer` samples from the tiny model with transformers (junk, by design).
+:class:`TinyModelServer` samples from the tiny model as the ``transformers_cpu`` rollout server does
+(junk, by design).
 
 Fixtures for other verl tests are appended below the ones here.
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import types
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -21,38 +21,22 @@ from typing import Any
 
 import hydra
 import pytest
-import torch
 import verl
 from omegaconf import DictConfig, OmegaConf
 from tiny_models import tiny_qwen25_vl
-from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, Qwen2VLImageProcessor
-from transformers.models.qwen2_5_vl import Qwen2_5_VLModel
-from transformers.processing_utils import ProcessorMixin
+from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 from verl.experimental.agent_loop.agent_loop import AgentLoopWorker, DictConfigWrap, ToolListWrap
+from verl.utils import hf_processor
 from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.workers.rollout.replica import TokenOutput
 
+from pyvision_agent.verl.cpu import Qwen2_5_VLProcessor
 from pyvision_agent.verl.data import task_to_row, write_parquet
+from pyvision_agent.verl.transformers_rollout import sample
 from pyvision_env.tasks import Task
 
 REPO = Path(__file__).resolve().parents[2]
 AGENT_LOOP_YAML = REPO / "pyvision_agent" / "verl" / "agent_loop.yaml"
-
-
-class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
-    """Qwen2.5-VL's processor without its video processor, which needs torchvision (absent on CPU here).
-
-    Everything an image episode touches (chat template, placeholder expansion, pixel values, grid sizes)
-    is the real class's code; ``AutoProcessor`` fails on this machine only because of the video part.
-    """
-
-    def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None,
-                 **kwargs: Any) -> None:
-        self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
-        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
-        self.video_processor = None
 
 
 @pytest.fixture(scope="session")
@@ -66,13 +50,12 @@ def tokenizer(tiny_vl_path: Path) -> Any:
 
 
 @pytest.fixture(scope="session")
-def processor(tiny_vl_path: Path, tokenizer: Any) -> ImageOnlyQwen2_5_VLProcessor:
-    """The processor as verl's ``hf_processor`` prepares it: with the model's M-RoPE methods bound."""
-    proc = ImageOnlyQwen2_5_VLProcessor(Qwen2VLImageProcessor.from_pretrained(tiny_vl_path), tokenizer,
-                                        chat_template=tokenizer.chat_template)
-    proc.config = Qwen2_5_VLForConditionalGeneration.config_class.from_pretrained(tiny_vl_path)
-    proc.get_rope_index = types.MethodType(Qwen2_5_VLModel.get_rope_index, proc)
-    proc.get_vision_position_ids = types.MethodType(Qwen2_5_VLModel.get_vision_position_ids, proc)
+def processor(tiny_vl_path: Path) -> Qwen2_5_VLProcessor:
+    """The processor as verl's workers load it (``hf_processor``, which binds the model's M-RoPE methods),
+    with :mod:`pyvision_agent.verl.cpu` loaded: Qwen2.5-VL's own processor needs torchvision for its
+    video part, which has no CPU build here, so that module registers an image-only one."""
+    proc = hf_processor(str(tiny_vl_path))
+    assert isinstance(proc, Qwen2_5_VLProcessor) and proc.get_rope_index is not None
     return proc
 
 
@@ -100,15 +83,14 @@ def compose_config(tiny_vl_path: Path) -> Callable[..., DictConfig]:
 
 @pytest.fixture(scope="session")
 def make_loop(compose_config: Callable[..., DictConfig], tokenizer: Any, processor: Any) -> Callable[..., Any]:
-    """Build a ``PyVisionAgentLoop`` exactly as verl's ``AgentLoopWorker`` does: the entry of
-    ``agent_loop.yaml`` (with ``yaml`` keys merged in) through ``hydra.utils.instantiate``."""
+    """Build a ``PyVisionAgentLoop`` exactly as verl's ``AgentLoopWorker._run_agent_loop`` does: the whole
+    entry of ``agent_loop.yaml`` (``name`` included; ``yaml`` keys merged in) through ``hydra.utils.instantiate``."""
     base = compose_config()
 
     def make(server: Any, *, yaml: dict[str, Any] | None = None, config: DictConfig | None = None) -> Any:
         entries = OmegaConf.load(AGENT_LOOP_YAML)
         (entry,) = [e for e in entries if e.name == "pyvision_agent"]
         entry = OmegaConf.merge(entry, yaml or {})
-        del entry["name"]
         trainer_config = config if config is not None else base
         return hydra.utils.instantiate(
             config=entry, trainer_config=DictConfigWrap(config=trainer_config), server_manager=server,
@@ -214,10 +196,11 @@ def scripted(tokenizer: Any) -> Scripts:
 
 
 class TinyModelServer:
-    """Samples from the tiny Qwen2.5-VL with transformers, given the ids and images the loop sends.
+    """Samples from the tiny Qwen2.5-VL as the ``transformers_cpu`` rollout server does (its ``sample``),
+    given the ids and images the loop sends, and records every call.
 
-    The prompt ids already hold one expanded placeholder run per image, so the model's forward checks
-    the loop's image/token lockstep for real (it raises when features and placeholders differ).
+    The prompt ids already hold one expanded placeholder run per image, so the model's forward checks the
+    loop's image/token lockstep for real (it raises when features and placeholders differ).
     """
 
     def __init__(self, model: Any, processor: Any, *, seed: int = 0) -> None:
@@ -227,30 +210,13 @@ class TinyModelServer:
     async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any],
                        image_data: list[Any] | None = None, video_data: list[Any] | None = None,
                        **kwargs: Any) -> TokenOutput:
-        ids, logprobs = await asyncio.to_thread(self._sample, prompt_ids, sampling_params, image_data)
+        params = dict(sampling_params)
+        ids, logprobs = await asyncio.to_thread(sample, self.model, self.processor, prompt_ids, image_data, params,
+                                                max_tokens=int(params.pop("max_tokens")),
+                                                seed=self.seed + len(self.calls))
         self.calls.append({"request_id": request_id, "prompt_ids": list(prompt_ids), "images": list(image_data or []),
                            "sampling_params": dict(sampling_params), "token_ids": ids, "log_probs": logprobs})
         return TokenOutput(token_ids=ids, log_probs=logprobs, stop_reason="completed")
-
-    def _sample(self, prompt_ids: list[int], params: dict[str, Any], images: list[Any] | None
-                ) -> tuple[list[int], list[float] | None]:
-        inputs: dict[str, Any] = {"input_ids": torch.tensor([prompt_ids]),
-                                  "attention_mask": torch.ones(1, len(prompt_ids), dtype=torch.long)}
-        if images:
-            pixels = self.processor.image_processor(images=images, return_tensors="pt")
-            inputs |= {"pixel_values": pixels["pixel_values"], "image_grid_thw": pixels["image_grid_thw"]}
-        temperature = float(params.get("temperature", 1.0))
-        torch.manual_seed(self.seed + len(self.calls))
-        with torch.no_grad():
-            out = self.model.generate(
-                **inputs, max_new_tokens=int(params["max_tokens"]), do_sample=temperature > 0,
-                temperature=temperature or None, top_k=None, top_p=None, stop_strings=list(params.get("stop", ())),
-                tokenizer=self.processor.tokenizer, output_scores=True, return_dict_in_generate=True)
-        ids = out.sequences[0, len(prompt_ids):].tolist()
-        if not params.get("logprobs"):
-            return ids, None
-        scores = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
-        return ids, scores[0, :len(ids)].tolist()
 
 
 @pytest.fixture(scope="session")

@@ -119,7 +119,7 @@ def test_image_episode_turn_by_turn(make_loop, make_row, scripted, tokenizer, pr
     assert out.extra_fields == {
         "n_tool_calls": 1, "num_turns": 4, "end_reason": "answered", "n_images": 2, "observation_images": 1,
         "broken": False, "broken_reason": None, "malformed": False, "prediction": task.answer, "accuracy": 1.0,
-        "answered_without_tools": False,
+        "answered_without_tools": False, "min_global_steps": None, "max_global_steps": None,  # no weights version
         "visual_tokens": (out.prompt_ids + out.response_ids).count(processor.image_token_id)}
 
 
@@ -136,7 +136,7 @@ def test_video_episode_adds_the_frames_the_code_shows(make_loop, make_row, scrip
     assert out.extra_fields | {"visual_tokens": None} == {
         "n_tool_calls": 1, "num_turns": 4, "end_reason": "answered", "n_images": 1, "observation_images": 1,
         "broken": False, "broken_reason": None, "malformed": False, "prediction": task.answer, "accuracy": 1.0,
-        "answered_without_tools": False, "visual_tokens": None}
+        "answered_without_tools": False, "visual_tokens": None, "min_global_steps": None, "max_global_steps": None}
 
 
 def check_training_forward(post: Any, out: Any, model: Any) -> None:
@@ -191,7 +191,7 @@ def test_image_limit_stops_before_the_frames_are_appended(make_loop, make_row, s
     assert out.extra_fields | {"visual_tokens": None} == {
         "n_tool_calls": 1, "num_turns": 2, "end_reason": "image_limit", "n_images": 1, "observation_images": 0,
         "broken": True, "broken_reason": "image_limit", "malformed": False, "prediction": None, "accuracy": None,
-        "answered_without_tools": False, "visual_tokens": None}
+        "answered_without_tools": False, "visual_tokens": None, "min_global_steps": None, "max_global_steps": None}
 
 
 def test_response_budget_stops_before_an_observation_that_does_not_fit(make_loop, make_row, scripted, compose_config,

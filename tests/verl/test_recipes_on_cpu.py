@@ -82,7 +82,8 @@ def unknown_keys(config_dir: Path, name: str, overrides: list[str]) -> list[str]
     base = compose(VERL_CONFIG, "ppo_trainer", [])
     recipe = OmegaConf.load(config_dir / f"{name}.yaml")
     keys = [k for k in leaves(recipe) if k.split(".")[0] not in ("hydra", "defaults")]
-    keys += [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    # a ``+key=`` override adds a key on purpose (the CPU smoke run's additions); ``hydra.`` is Hydra's own
+    keys += [o.split("=", 1)[0].lstrip("~") for o in overrides if not o.startswith(("+", "hydra."))]
     missing = []
     for key in keys:
         if key.startswith(FREE_FORM):
