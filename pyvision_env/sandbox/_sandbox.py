@@ -326,7 +326,7 @@ class _StaleWorker(Exception):
 
 class _WorkerPool:
     """A few workers forked and confined ahead of time, so that ``reset()`` skips the fork and the
-    isolation set-up (~5 ms of a ~6-7 ms session start). Kept for the limits asked for last (an RL run
+    isolation set-up (most of a session start). Kept for the limits asked for last (an RL run
     asks for one set); refilled by a background thread after every take. Idle pooled workers block on
     their socket: no CPU, ~4 MB of private memory each."""
 
