@@ -273,12 +273,18 @@ def test_a_dead_zygote_is_restarted(sandbox):
     with Sandbox() as sb:
         s = sb.session()
         s.execute("kept = 1")
+        deadline = time.monotonic() + 30
+        while len(sb._pool._ready) < 2 and time.monotonic() < deadline:  # the pool full of the zygote's workers
+            time.sleep(0.05)
+        assert len(sb._pool._ready) == 2
         launcher = sb._zygote._proc.pid
         for p in psutil.Process(launcher).children(recursive=True) + [psutil.Process(launcher)]:
             p.kill()
         r = s.execute("print('kept' in globals())")
-        assert r.crashed and r.restarted and sb.zygote_starts == 2
+        assert r.crashed and r.restarted and sb.zygote_starts == 2, r.error
         assert s.execute("print('kept' in globals())").stdout == "False\n"
+        with sb.session() as fresh:  # the pool's dead workers are not handed out again
+            assert fresh.execute("print(1)").stdout == "1\n"
         s.close()
 
 

@@ -181,10 +181,11 @@ class Sandbox:
         """Stop the zygote (every open session's worker dies with it) and remove scratch space."""
         self._finalizer()
 
-    def _take_worker(self, prep: tuple[tuple[str, Any], ...], host_scratch: str | None) -> _Worker:
+    def _take_worker(self, prep: tuple[tuple[str, Any], ...], host_scratch: str | None,
+                     pooled: bool = True) -> _Worker:
         """A prepared worker for an episode: from the pool (private root only: elsewhere the isolation
         depends on the episode's own scratch directory), else forked now."""
-        if host_scratch is None:
+        if pooled and host_scratch is None:
             worker = self._pool.take(prep)
             if worker is not None:
                 return worker
@@ -321,7 +322,7 @@ _PREP_FIELDS = ("max_scratch_mb", "max_processes", "memory_limit_mb", "cpu_limit
 
 
 class _StaleWorker(Exception):
-    """A pooled worker was dead when an episode claimed it."""
+    """A worker died before its episode started (a pooled one whose zygote was killed, say)."""
 
 
 class _WorkerPool:
@@ -451,14 +452,15 @@ class Session:
         """A prepared worker (from the pool when one matches) started with this episode's inputs."""
         prep = _prep_key(self.config)
         for attempt in (1, 2):
-            worker = self._sandbox._take_worker(prep, self._state["scratch"])
+            # a second attempt forks a fresh worker: the pool may hold more of a dead zygote's workers
+            worker = self._sandbox._take_worker(prep, self._state["scratch"], pooled=attempt == 1)
             try:
                 self._start(worker)
                 return worker
-            except _StaleWorker:  # a pooled worker that died while it waited (e.g. with an old zygote)
+            except _StaleWorker as exc:  # it died before its episode started (e.g. with a killed zygote)
                 worker.kill_and_release()
                 if attempt == 2:
-                    raise SandboxError("the sandbox worker died while starting") from None
+                    raise SandboxError(f"the sandbox worker died while starting ({exc.__cause__!r})") from None
             except BaseException:
                 worker.kill_and_release()
                 raise
@@ -489,8 +491,10 @@ class Session:
                 os.close(fd)
         try:
             reply = _wire.recv(worker.sock, 1 << 20, 0, deadline=time.monotonic() + _HELLO_TIMEOUT_S).header
-        except (OSError, EOFError, _wire.ProtocolError) as exc:
-            raise SandboxError(f"the sandbox worker died while starting ({exc!r})") from exc
+        except (ConnectionError, EOFError) as exc:
+            raise _StaleWorker from exc
+        except (OSError, _wire.ProtocolError) as exc:
+            raise SandboxError(f"the sandbox worker failed while starting ({exc!r})") from exc
         finally:
             worker.sock.settimeout(None)
         if not reply.get("ok"):
