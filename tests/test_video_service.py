@@ -128,6 +128,42 @@ def test_a_changed_file_is_indexed_again(sandbox, tmp_path):
     second.close()
 
 
+def test_a_known_video_is_attached_without_waiting_for_the_service(sandbox, video):
+    reader = ServedVideoReader(*sandbox._videos.attach(video))  # the service opens it: its facts are known
+    reader.close()
+    pid = sandbox._videos.stats()["decoder_pid"]
+    os.kill(pid, signal.SIGSTOP)  # a decoder that answers nothing until it is continued
+    try:
+        attached = {}
+        thread = threading.Thread(target=lambda: attached.update(fd_facts=sandbox._videos.attach(video)))
+        thread.start()
+        thread.join(10)
+        assert "fd_facts" in attached, "the attach of a known video waited for the service"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    reader = ServedVideoReader(*attached["fd_facts"])  # its first request queued until the service served it
+    assert len(reader) == 90 and frame_index(reader[45]) == 45
+    reader.close()
+
+
+def test_replies_nobody_waits_for_never_fill_the_control_socket(sandbox, video):
+    """Thousands of attaches of a known video, whose callers never read their replies, and the service
+    still answers: unread replies are bounded, not left to fill the socket until the service blocks."""
+    answered = {}
+
+    def attach_many() -> None:
+        for _ in range(3001):
+            os.close(sandbox._videos.attach(video)[0])
+        answered["stats"] = sandbox._videos.stats()
+
+    thread = threading.Thread(target=attach_many, daemon=True)  # a blocked service would hang it for good
+    thread.start()
+    thread.join(60)
+    assert "stats" in answered, "the video service stopped answering"
+    with sandbox.session(video=video, config=SHOW_ALL) as session:
+        assert identities(session.execute(show([7])).frames) == [7]
+
+
 def test_only_a_few_decoders_stay_open_and_closed_ones_reopen(sandbox, tmp_path):
     cap = sandbox._videos.stats()["max_open_decoders"]
     paths = [make_video(tmp_path / f"v{k}.mp4", n_frames=30, width=64, height=48, gop=10) for k in range(cap + 3)]

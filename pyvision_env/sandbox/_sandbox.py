@@ -231,6 +231,10 @@ class Sandbox:
             try:
                 cgroup.add(hello.pid)
                 resources = f"cgroup-{cgroup.kind}"
+            except ProcessLookupError:  # it died already (its zygote was stopped: the Sandbox is closing, say)
+                ours.close()
+                _reaper.submit(pidfd, cgroup)
+                raise SandboxError("the sandbox worker died while starting") from None
             except OSError as exc:
                 log.warning("could not move the worker into its cgroup (%s); it runs with rlimits only", exc)
         applied = hello.header["isolation"]
