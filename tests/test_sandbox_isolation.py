@@ -473,6 +473,15 @@ def test_oversized_code_is_refused_without_touching_the_worker(sandbox):
 _DEEP_TREE = "import os\nfor _ in range(1500):\n    os.mkdir('d')\n    os.chdir('d')\nopen('leaf', 'w').close()\n"
 
 
+def _exited(process: psutil.Process) -> bool:
+    """Gone, or exited and not reaped yet (a zombie, or dead while its parent reaps it). ``is_running``
+    compares the start time, so a pid reused by another process does not count as this one alive."""
+    try:
+        return not process.is_running() or process.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.NoSuchProcess:
+        return True
+
+
 @pytest.mark.parametrize("mode", ["private-root", "fallback"])
 def test_a_deep_tree_never_breaks_close(sandbox, fallback, mode):
     from pyvision_env.sandbox._sandbox import _reaper
@@ -481,10 +490,10 @@ def test_a_deep_tree_never_breaks_close(sandbox, fallback, mode):
     s = sb.session(config=SandboxConfig(exec_timeout_s=30))
     r = s.execute(_DEEP_TREE + ("os.chmod('.', 0o500)" if mode == "private-root" else ""))
     assert r.error is None, r.error
-    pid = s.pid
+    worker = psutil.Process(s.pid)
     s.close()  # never raises
     assert _reaper.drain()
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert _exited(worker)
     assert [n for n in os.listdir(sb.scratch_root) if n.startswith("episode-")] == []
 
 
