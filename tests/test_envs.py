@@ -330,6 +330,46 @@ def test_bad_tasks_and_media_fail_clearly_at_reset(image_task, video_task, tmp_p
     venv.close()
 
 
+@pytest.mark.parametrize("api", ["reset", "areset"])
+def test_reset_ends_the_previous_episode_also_when_it_fails(image_task, tmp_path, api):
+    # reset starts the next session before it closes the previous one (so the old worker's exit does not
+    # compete with the start); the previous worker must still die, whether the new episode starts or not
+    import psutil
+
+    from pyvision_env.sandbox._sandbox import _reaper
+
+    held = []  # the sessions stay referenced: their finalizers must not be what kills their workers
+
+    def worker_of(env):
+        held.append(env.unwrapped._episode.session)
+        return psutil.Process(held[-1].pid)
+
+    def exited(process):
+        try:
+            return not process.is_running() or process.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+        except psutil.NoSuchProcess:
+            return True
+
+    env = gym.make("PyVisionImage-v0", tasks=[image_task])
+    reset = env.reset if api == "reset" else lambda **kw: asyncio.run(env.unwrapped.areset(**kw))
+    reset(seed=0)
+    first = worker_of(env)
+    reset(seed=0)
+    second = worker_of(env)
+    assert second.pid != first.pid
+    with pytest.raises(MediaError, match="gone.png"):
+        reset(options={"task": dict(image_task, images=[str(tmp_path / "gone.png")])})
+    with pytest.raises(ValueError):
+        reset(options={"task_index": 5})
+    assert _reaper.drain()
+    assert exited(first) and exited(second) and all(session.closed for session in held)
+    with pytest.raises(gym.error.ResetNeeded):
+        env.step(code_turn("x = 1"))
+    env.reset(seed=0)
+    assert env.step(code_turn("print(6 * 7)"))[4]["stdout"] == "42\n"
+    env.close()
+
+
 @pytest.mark.parametrize("env_id", IDS)
 def test_seeding_is_deterministic(env_id):
     env = gym.make(env_id)

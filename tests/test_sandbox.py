@@ -33,6 +33,32 @@ def test_preloaded_names_are_there(sandbox):
         assert r.stdout == "numpy matplotlib.pyplot PIL.Image cv2 True\n"
 
 
+def test_a_fresh_episode_starts_clean(sandbox, gradient_png):
+    # a pooled worker warms up by running a cell that shows a dummy image: none of it may reach the episode
+    for _ in range(3):  # pooled workers and, once the pool is empty, freshly forked ones
+        with sandbox.session(images=[gradient_png]) as s:
+            r = s.execute("print(sorted(k for k in globals() if not k.startswith('__')))")
+            assert r.error is None and r.frames == () and r.stderr == ""
+            assert r.stdout == ("['Image', 'VideoReader', 'base64', 'cpu', 'cv2', 'display', 'image_clue_0', "
+                                "'io', 'matplotlib', 'np', 'plt']\n")
+
+
+def test_video_reader_decodes_a_video_the_code_made(sandbox):
+    # PyAV is not preloaded in the zygote (workers read video_clue_0 from the host's service): code that
+    # decodes a file itself imports it inside the sandbox
+    code = ("import sys\nprint('av' in sys.modules)\n"
+            "w = cv2.VideoWriter('/tmp/clip.mp4', cv2.VideoWriter_fourcc(*'mp4v'), 10, (64, 48))\n"
+            "for v in (0, 128, 255):\n    w.write(np.full((48, 64, 3), v, np.uint8))\nw.release()\n"
+            "vr = VideoReader('/tmp/clip.mp4')\nprint(len(vr), vr[0].shape)\n"
+            "print(*(int(vr[i].asnumpy().mean()) for i in range(3)))")
+    with sandbox.session() as s:
+        r = s.execute(code, timeout=30)
+        assert r.error is None, r.error
+        preloaded, size, means = r.stdout.splitlines()
+        assert preloaded == "False" and size == "3 (48, 64, 3)"
+        assert all(abs(int(m) - v) <= 6 for m, v in zip(means.split(), (0, 128, 255), strict=True)), means
+
+
 def test_images_arrive_exactly_as_pil_rgb(sandbox, gradient, gradient_png):
     with sandbox.session(images=[gradient_png, gradient[::-1]]) as s:
         r = s.execute("print(image_clue_0.mode, image_clue_0.size, image_clue_1.size)\n"

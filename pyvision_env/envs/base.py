@@ -85,9 +85,14 @@ class PyVisionEnv(gym.Env[dict, str]):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         """Start an episode with ``options={"task": {...}}``, ``{"task_index": i}``, or a task drawn
         with the seeded RNG. Raises MediaError naming a missing or corrupt input file."""
-        task = self._begin_reset(seed, options)
-        self._episode = _Episode(task=task, session=self._backend.session(
-            images=task.images, video=task.video, config=self.config.sandbox_config()))
+        previous = self._detach_session()
+        try:
+            task = self._begin_reset(seed, options)
+            self._episode = _Episode(task=task, session=self._backend.session(
+                images=task.images, video=task.video, config=self.config.sandbox_config()))
+        finally:
+            if previous is not None:
+                previous.close()
         try:
             return self._finish_reset()
         except BaseException:
@@ -103,9 +108,14 @@ class PyVisionEnv(gym.Env[dict, str]):
         """:meth:`reset` without blocking the event loop: the session (on a Ray node too) is awaited, the
         rest (closing the previous episode, decoding inputs) runs in a thread."""
         loop = asyncio.get_running_loop()
-        task = await loop.run_in_executor(_thread_pool(), self._begin_reset, seed, options)
-        self._episode = _Episode(task=task, session=await self._backend.asession(
-            images=task.images, video=task.video, config=self.config.sandbox_config()))
+        previous = self._detach_session()
+        try:
+            task = await loop.run_in_executor(_thread_pool(), self._begin_reset, seed, options)
+            self._episode = _Episode(task=task, session=await self._backend.asession(
+                images=task.images, video=task.video, config=self.config.sandbox_config()))
+        finally:
+            if previous is not None:
+                previous.close()
         try:
             return await loop.run_in_executor(_thread_pool(), self._finish_reset)
         except BaseException:
@@ -118,9 +128,15 @@ class PyVisionEnv(gym.Env[dict, str]):
         result = await ep.session.aexecute(parsed.code) if parsed.answer is None and parsed.code is not None else None
         return await asyncio.get_running_loop().run_in_executor(_thread_pool(), self._finish_step, ep, parsed, result)
 
+    def _detach_session(self) -> EpisodeSession | None:
+        """End the current episode and hand back its session, still open: ``reset`` closes it only once
+        the next episode's session has started, so that the old worker's exit (a few ms of the kernel's
+        CPU) does not compete with the start."""
+        ep, self._episode = self._episode, None
+        return ep.session if ep is not None else None
+
     def _begin_reset(self, seed: int | None, options: dict[str, Any] | None) -> Task:
         super().reset(seed=seed)
-        self._end_episode()
         task = self._pick_task(options or {})
         self._check_task(task)
         return task

@@ -332,8 +332,8 @@ class _StaleWorker(Exception):
 class _WorkerPool:
     """A few workers forked and confined ahead of time, so that ``reset()`` skips the fork and the
     isolation set-up (most of a session start). Kept for the limits asked for last (an RL run
-    asks for one set); refilled by a background thread after every take. Idle pooled workers block on
-    their socket: no CPU, ~4 MB of private memory each."""
+    asks for one set); refilled by a background thread once each taker has started. Idle pooled
+    workers block on their socket: no CPU, ~4 MB of private memory each."""
 
     def __init__(self, sandbox: Sandbox, size: int) -> None:
         self._sandbox = weakref.ref(sandbox)
@@ -359,8 +359,15 @@ class _WorkerPool:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._refill, name="pyvision-pool", daemon=True)
                 self._thread.start()
-            self._wake.notify()
+            if worker is None:  # empty: prepare the next one while the taker forks its own
+                self._wake.notify()
         return worker
+
+    def replenish(self) -> None:
+        """Prepare a worker for the one taken: called once the taker's episode has started, since the
+        preparation (a fork and the confinement, ~5 ms of CPU) would otherwise compete with that start."""
+        with self._lock:
+            self._wake.notify()
 
     def _refill(self) -> None:
         while True:
@@ -468,6 +475,8 @@ class Session:
             except BaseException:
                 worker.kill_and_release()
                 raise
+            finally:
+                self._sandbox._pool.replenish()
         raise AssertionError("unreachable")
 
     def _start(self, worker: _Worker) -> None:

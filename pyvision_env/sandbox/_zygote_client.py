@@ -44,18 +44,20 @@ class ZygoteClient:
         self.starts = 0
 
     def report(self) -> IsolationReport:
-        with self._lock:
-            self._ensure_started()
-            return self._report()
+        """The isolation in force (starting the zygote if it never ran)."""
+        return self._report(self.plan_now())
 
     def plan_now(self) -> dict[str, Any]:
-        """The zygote's isolation plan (starting it if needed)."""
+        """The zygote's isolation plan (starting it if it never ran). Once known it is read without the
+        lock, which every spawn holds through a fork: a reset taking a pooled worker must not wait for
+        the pool's refill. A restarted zygote on the same host makes the same plan."""
+        if self.plan and not self.closed:
+            return self.plan
         with self._lock:
             self._ensure_started()
             return self.plan
 
-    def _report(self) -> IsolationReport:
-        plan = self.plan
+    def _report(self, plan: dict[str, Any]) -> IsolationReport:
         network = ("namespace" if plan["netns"] else "seccomp" if plan["seccomp"]
                    else "landlock-tcp" if plan["landlock_abi"] >= 4 else "none")
         filesystem = "private-root" if plan["mountns"] else "landlock" if plan["landlock_abi"] else "none"
@@ -136,7 +138,7 @@ class ZygoteClient:
             raise SandboxStartError(f"the sandbox zygote failed: {ready.get('error')}; {self._log_tail()}")
         self.plan = ready["plan"]
         self.starts += 1
-        report = self._report()
+        report = self._report(self.plan)
         if self.mode == "strict" and not report.complete:
             self._stop()
             raise SandboxStartError(f"isolation='strict' but only {report} is available here: "
