@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 
@@ -57,6 +58,21 @@ def test_video_reader_decodes_a_video_the_code_made(sandbox):
         preloaded, size, means = r.stdout.splitlines()
         assert preloaded == "False" and size == "3 (48, 64, 3)"
         assert all(abs(int(m) - v) <= 6 for m, v in zip(means.split(), (0, 128, 255), strict=True)), means
+
+
+def test_the_zygote_heap_is_on_huge_pages_where_the_kernel_allows(sandbox):
+    import psutil
+
+    thp = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    if "[never]" in thp or tuple(int(x) for x in os.uname().release.split(".")[:2]) < (6, 1):
+        pytest.skip(f"no MADV_COLLAPSE here (kernel {os.uname().release}, THP {thp.strip()})")
+    with sandbox.session() as s:
+        zygote = psutil.Process(s.pid).parent()
+        assert zygote.name() == "pyvision-zygote"
+        with open(f"/proc/{zygote.pid}/smaps_rollup") as f:
+            huge_kb = next(int(line.split()[1]) for line in f if line.startswith("AnonHugePages:"))
+        assert huge_kb >= 4096  # its heap is over 15 MiB: several whole 2 MiB pages
+        assert s.execute("print(sum(range(10)))").stdout == "45\n"
 
 
 def test_images_arrive_exactly_as_pil_rgb(sandbox, gradient, gradient_png):

@@ -73,6 +73,30 @@ def _check(ret: int, what: str) -> int:
     return ret
 
 
+def set_process_name(name: str) -> None:
+    """The name ``ps``, ``top`` and ``perf`` show (at most 15 bytes): sandbox processes are told apart
+    from the host's Python at a glance."""
+    _libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+
+
+def collapse_to_huge_pages() -> int:
+    """Back this process's writable anonymous memory (its heap, Python's arenas) with 2 MiB pages where a
+    whole aligned 2 MiB fits (``MADV_COLLAPSE``, Linux 6.1+; best effort: 0 elsewhere). A fork copies one
+    entry per huge page instead of 512, and an exit frees them as fast; a child's write still copies one
+    4 KiB page. Returns the number of huge pages made."""
+    huge, made = 2 << 20, 0
+    with open("/proc/self/maps") as f:
+        regions = [line.split() for line in f]
+    for fields in regions:
+        if len(fields) > 5 and fields[5] != "[heap]" or "w" not in fields[1]:
+            continue  # file-backed, a stack or another special region, or read-only
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        start, end = -(-start // huge) * huge, end // huge * huge
+        if end > start and _libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 25) == 0:
+            made += (end - start) // huge
+    return made
+
+
 def unshare(flags: int) -> None:
     _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
 

@@ -261,6 +261,7 @@ def main(sock: socket.socket, spawn: dict[str, Any], bpf: bytes) -> NoReturn:
     """Entry point in the freshly forked child: prepare, say hello, wait for the inputs, start, serve.
     Failures are reported to the host, which raises a clear error. ``bpf`` is the zygote's compiled
     seccomp filter (empty: none)."""
+    _isolation.set_process_name("pyvision-ep")
     try:
         signal.signal(signal.SIGINT, _Interrupts.handler)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past RLIMIT_FSIZE raise instead of killing

@@ -8,7 +8,8 @@ user namespace needs a single-threaded process). The sequence is:
    PID 1 of a PID namespace this user namespace owns, so it may make a nested PID namespace per worker;
 2. zygote: import numpy, PIL, cv2, matplotlib (Agg) and the worker code, warm them;
    compile the seccomp filter; build the minimal read-only root (``_rootfs``) and pivot into it, so the
-   host's filesystem is gone from this process and from everything it forks;
+   host's filesystem is gone from this process and from everything it forks; back its heap with huge
+   pages where the kernel can (a fork then copies a few hundred page-table entries fewer);
 3. loop on the host's control socket: ``spawn`` forks a worker (PID 1 of its own PID namespace, so
    killing it kills all it started); children are reaped as they exit (SIGCHLD wakes the loop) and their
    statuses kept for a later ``status`` request; EOF (the host exited or died) ends everything.
@@ -211,6 +212,7 @@ def main() -> None:
             os.close(ctrl_fd)
             _, status = os.waitpid(pid, 0)
             os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+    iso.set_process_name("pyvision-zygote")
     ctrl = socket.socket(fileno=ctrl_fd)
     from pyvision_env.sandbox import _wire
 
@@ -225,6 +227,7 @@ def main() -> None:
         _wire.send(ctrl, {"op": "ready", "ok": False,
                           "error": f"zygote has {threads} threads after preloading; fork would be unsafe"})
         os._exit(1)
+    iso.collapse_to_huge_pages()  # last: fewer page-table entries for every fork to copy and exit to free
     _wire.send(ctrl, {"op": "ready", "ok": True, "plan": plan, "pid_in_namespace": os.getpid()})
     _serve(ctrl, plan, bpf, iso)
 
