@@ -116,10 +116,10 @@ class PyVisionGroupSampler(ReplayBuffer):
         new = uids - self._stats.keys()
         by_uid: dict[str, dict[str, str]] = {uid: {} for uid in new}  # uid -> session -> latest key
         for key in self.partitions[partition_id]:
-            uid, session, index = key.rsplit("_", 2)  # verl's trajectory keys: {uid}_{session}_{index}
+            uid, session, index = _split_key(key)
             if uid in by_uid:
                 previous = by_uid[uid].get(session)
-                if previous is None or int(index) > int(previous.rsplit("_", 1)[1]):
+                if previous is None or index > _split_key(previous)[2]:
                     by_uid[uid][session] = key
         keys = [key for sessions in by_uid.values() for key in sessions.values()]
         records: dict[str, TrajectoryStats] = {}
@@ -172,10 +172,10 @@ class PyVisionGroupSampler(ReplayBuffer):
 
     def _clear_trajectories(self, partition_id: str, kept: list[GroupStats]) -> None:
         """Remove the sessions the selection took out of kept groups (``require_image``) from TransferQueue."""
-        kept_sessions = {t.key.rsplit("_", 1)[0] for g in kept for t in g.trajectories}
+        kept_sessions = {_split_key(t.key)[:2] for g in kept for t in g.trajectories}
         uids = {g.uid for g in kept}
         dropped = [key for key in self.partitions[partition_id]
-                   if key.split("_")[0] in uids and key.rsplit("_", 1)[0] not in kept_sessions]
+                   if _split_key(key)[0] in uids and _split_key(key)[:2] not in kept_sessions]
         if dropped:
             tq.kv_clear(partition_id=partition_id, keys=dropped)
             for key in dropped:
@@ -200,7 +200,7 @@ class PyVisionGroupSampler(ReplayBuffer):
         """Write every trajectory of the step's groups to ``<dump_dir>/step_<global_steps>.jsonl``."""
         fate = {g.uid: reason for reason, groups in selection.dropped.items() for g in groups}
         fate |= {g.uid: "kept" for g in kept}  # zero-variance groups padding the batch are kept too
-        keys = sorted(key for key in self.partitions[partition_id] if key.rsplit("_", 2)[0] in fate)
+        keys = sorted(key for key in self.partitions[partition_id] if _split_key(key)[0] in fate)
         if not keys:
             return
         fields = ["prompts", "responses", "response_mask", "rm_scores", "extra_fields", "reward_model"]
@@ -208,7 +208,7 @@ class PyVisionGroupSampler(ReplayBuffer):
         os.makedirs(self.dump_dir, exist_ok=True)
         with open(os.path.join(self.dump_dir, f"step_{global_steps}.jsonl"), "w", encoding="utf-8") as out:
             for i, key in enumerate(keys):
-                uid, session, _ = key.rsplit("_", 2)
+                uid, session, _ = _split_key(key)
                 extra = dict(getattr(data["extra_fields"][i], "data", data["extra_fields"][i]))
                 reward_model = getattr(data["reward_model"][i], "data", data["reward_model"][i])
                 record = {"step": global_steps, "key": key, "uid": uid, "session": int(session), "group": fate[uid],
@@ -217,6 +217,13 @@ class PyVisionGroupSampler(ReplayBuffer):
                           "prompt_ids": data["prompts"][i].tolist(), "response_ids": data["responses"][i].tolist(),
                           "response_mask": data["response_mask"][i].tolist()}
                 out.write(json.dumps(record, default=_plain_json) + "\n")
+
+
+def _split_key(key: str) -> tuple[str, str, int]:
+    """(uid, session, index) of one of verl's trajectory keys, ``{uid}_{session}_{index}`` (the uid is the
+    trainer's uuid4: no underscores, which verl's own replay buffer relies on too)."""
+    uid, session, index = key.rsplit("_", 2)
+    return uid, session, int(index)
 
 
 def _plain_json(value: Any) -> Any:
