@@ -354,6 +354,38 @@ def test_episode_cgroups_live_below_the_hosts_own(sandbox):
         assert worker[controller].startswith(prefix), (controller, worker[controller], own[controller])
 
 
+def _episode_cgroups(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/cgroup") as f:
+        return {n: p for _, names, p in (line.strip().split(":", 2) for line in f) for n in names.split(",")}
+
+
+@pytest.mark.parametrize("self_join", [True, False])
+def test_each_worker_is_in_its_own_cgroup_before_it_runs_code(sandbox, monkeypatch, self_join):
+    # v1: the worker joins its cgroups itself through descriptors the host opened (no wait for the kernel's
+    # global lock), and closes them before any code runs; without them the host moves it after hello
+    from pyvision_env.sandbox import Sandbox
+    from pyvision_env.sandbox._cgroups import EpisodeCgroup
+
+    _requires_cgroups(sandbox)
+    if not self_join:
+        monkeypatch.setattr(EpisodeCgroup, "open_for_self_join", lambda self: [])
+    with Sandbox(pool_size=1) as sb:
+        sessions = [sb.session(config=FAST) for _ in range(3)]  # pooled and freshly forked workers
+        seen = []
+        for s in sessions:
+            cgroups = _episode_cgroups(s.pid)
+            assert all("/pyvision-" in cgroups[c] and "/ep-" in cgroups[c] for c in ("memory", "pids")), cgroups
+            seen.append(cgroups["memory"])
+            r = s.execute("import os\nlinks = []\nfor n in os.listdir('/proc/self/fd'):\n    try:\n"
+                          "        links.append(os.readlink(f'/proc/self/fd/{n}'))\n    except OSError:\n"
+                          "        pass\nprint(links)")
+            assert r.error is None and "socket:" in r.stdout, r  # the listing works: the worker's socket is there
+            assert "cgroup" not in r.stdout and "tasks" not in r.stdout, r.stdout
+        assert len(set(seen)) == 3
+        for s in sessions:
+            s.close()
+
+
 # 7. a reply that stalls ------------------------------------------------------------------------------
 
 _OWN_SOCKET = textwrap.dedent("""

@@ -192,8 +192,8 @@ class Sandbox:
         return self._new_worker(prep, host_scratch)
 
     def _new_worker(self, prep: tuple[tuple[str, Any], ...], host_scratch: str | None) -> _Worker:
-        """Fork a worker, let it confine itself, and put it in a fresh episode cgroup (before it can run
-        anything: it waits for its inputs)."""
+        """Fork a worker in a fresh episode cgroup (it joins it first thing, or the host moves it after
+        ``hello``: before it can run anything, since it waits for its inputs) and let it confine itself."""
         limits = dict(prep)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         for sock in (ours, theirs):
@@ -203,14 +203,17 @@ class Sandbox:
         memory = (limits["memory_limit_mb"] + _CGROUP_OVERHEAD_MB) << 20
         cgroup = (self._cgroups.create(memory, limits["max_processes"], limits["cpu_limit_cores"])
                   if self._cgroups is not None else None)
+        task_fds = cgroup.open_for_self_join() if cgroup is not None else []
         try:
-            zpid = self._zygote.spawn({"prep": limits, "scratch_dir": host_scratch}, [theirs.fileno()])
+            zpid = self._zygote.spawn({"prep": limits, "scratch_dir": host_scratch}, [theirs.fileno(), *task_fds])
         except BaseException:
             ours.close()
             _reaper.submit(None, cgroup)
             raise
         finally:
             theirs.close()
+            for fd in task_fds:
+                os.close(fd)
         try:
             hello = _wire.recv(ours, 1 << 20, 0, credentials=True, deadline=time.monotonic() + _HELLO_TIMEOUT_S)
             if not hello.header.get("ok") or hello.pid is None:
@@ -229,7 +232,8 @@ class Sandbox:
         resources = "rlimits"
         if cgroup is not None:
             try:
-                cgroup.add(hello.pid)
+                if not hello.header.get("cgroup_joined"):
+                    cgroup.add(hello.pid)
                 resources = f"cgroup-{cgroup.kind}"
             except ProcessLookupError:  # it died already (its zygote was stopped: the Sandbox is closing, say)
                 ours.close()

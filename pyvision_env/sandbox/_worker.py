@@ -2,10 +2,10 @@
 
 Two phases, so that workers can be forked and confined ahead of time (the host keeps a small pool):
 
-1. *prepare*, right after fork: every isolation step (namespaces, scratch tmpfs, /proc, capabilities,
-   Landlock, seccomp), then ``hello`` (with credentials: the host learns the pid and puts the worker in its
-   cgroup), then a warm-up cell on dummy inputs (:func:`_rehearse`). A pooled worker then waits,
-   blocked, using no CPU.
+1. *prepare*, right after fork: join the episode's cgroup (v1; on v2 the host moves the worker after
+   ``hello``), every isolation step (namespaces, scratch tmpfs, /proc, capabilities, Landlock, seccomp),
+   then ``hello`` (with credentials: the host learns the pid), then a warm-up cell on dummy inputs
+   (:func:`_rehearse`). A pooled worker then waits, blocked, using no CPU.
 2. *start*, when an episode claims it: the inputs arrive (image memfds, the video) with the episode's
    limits; the namespace is built and ``started`` answered. Only then is code run, so the model's first
    line already runs confined.
@@ -24,7 +24,7 @@ import time
 import traceback
 from typing import Any, NoReturn
 
-from . import _isolation, _rootfs, _wire
+from . import _cgroups, _isolation, _rootfs, _wire
 from ._capture import FrameSink, Hooks, OutputCapture
 from ._text import truncate_middle
 
@@ -257,18 +257,24 @@ def _start(start: dict[str, Any], fds: list[int], output: OutputCapture) -> tupl
     return ns, sink
 
 
-def main(sock: socket.socket, spawn: dict[str, Any], bpf: bytes) -> NoReturn:
+def main(sock: socket.socket, spawn: dict[str, Any], bpf: bytes, cgroup_fds: list[int]) -> NoReturn:
     """Entry point in the freshly forked child: prepare, say hello, wait for the inputs, start, serve.
     Failures are reported to the host, which raises a clear error. ``bpf`` is the zygote's compiled
-    seccomp filter (empty: none)."""
+    seccomp filter (empty: none); ``cgroup_fds`` the episode cgroups' ``tasks`` files (v1), joined first
+    (``hello`` says whether that worked; if not, the host moves the worker itself)."""
     _isolation.set_process_name("pyvision-ep")
+    try:
+        _cgroups.join_self(cgroup_fds)
+        joined = bool(cgroup_fds)
+    except OSError:
+        joined = False
     try:
         signal.signal(signal.SIGINT, _Interrupts.handler)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past RLIMIT_FSIZE raise instead of killing
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         my_pid = os.getpid()
-        hello = {"op": "hello", "ok": True, "isolation": _apply_isolation(spawn, bpf)}
+        hello = {"op": "hello", "ok": True, "isolation": _apply_isolation(spawn, bpf), "cgroup_joined": joined}
     except BaseException as exc:  # noqa: BLE001
         hello = {"op": "hello", "ok": False, "error": f"{type(exc).__name__}: {exc}"}
     try:

@@ -156,7 +156,8 @@ def _serve(ctrl: socket.socket, plan: dict, bpf: bytes, iso) -> None:
                     if fd >= 0:
                         os.close(fd)
                 try:
-                    _worker.main(socket.socket(fileno=msg.fds[0]), dict(msg.header, isolation=plan), bpf)
+                    _worker.main(socket.socket(fileno=msg.fds[0]), dict(msg.header, isolation=plan), bpf,
+                                 cgroup_fds=msg.fds[1:])
                 finally:
                     os._exit(1)  # a worker never returns into the zygote's loop
             if plan["pidns"]:
