@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
                 p50 = statistics.median(run_loop(tree, kind, media[kind], pause, args.episodes or episodes))
                 results[name][label].append(p50)
                 print(f"[round {round_ + 1}] {name}: {label} {p50:.2f} ms", file=sys.stderr, flush=True)
-    print(f"machine: {machine()}, 1-min load average at the end {os.getloadavg()[0]:.2f}")
+    m = machine()
+    print(f"machine: {m['cpus']} CPUs, {m['cpu_model']}, Python {m['python']}, {m['platform']}; "
+          f"1-min load average at the end {os.getloadavg()[0]:.2f}")
     print(f"before: {args.before}\nafter:  {args.after}\n")
     print("| `reset()` p50 per round | before | after | after / before (median of rounds) |\n|---|---|---|---|")
     for name, by_tree in results.items():
