@@ -105,9 +105,11 @@ def load_pyvision_rl_json(path: str) -> TaskList:
 
 def tasks_from_hf(dataset: Iterable[dict[str, Any]], *, data_source: str, question_key: str = "question",
                   answer_key: str = "answer", image_key: str | None = "images", video_key: str | None = None,
-                  answer_type: str = "text") -> list[Task]:
+                  answer_type: str | None = None) -> list[Task]:
     """Tasks from a Hugging Face dataset (any iterable of dict rows). The image column may hold one image
-    or a list (paths or PIL images, as ``datasets``' Image feature decodes them)."""
+    or a list (paths or PIL images, as ``datasets``' Image feature decodes them). ``answer_type`` judges
+    every row; without it a row's own ``answer_type`` column does, else the task infers it from the
+    answer (``B`` is a choice, ``42`` a number; the inference is in the task's ``metadata``)."""
     tasks = []
     for i, row in enumerate(dataset):
         missing = [k for k in (question_key, answer_key) if k not in row]
@@ -117,8 +119,9 @@ def tasks_from_hf(dataset: Iterable[dict[str, Any]], *, data_source: str, questi
         images = row.get(image_key) if image_key else None
         images = [] if images is None else list(images) if isinstance(images, (list, tuple)) else [images]
         tasks.append(to_task({"id": str(row.get("id", i)), "question": str(row[question_key]),
-                              "answer": row[answer_key], "answer_type": answer_type, "images": images,
-                              "video": row.get(video_key) if video_key else None, "data_source": data_source}))
+                              "answer": row[answer_key], "answer_type": answer_type or row.get("answer_type"),
+                              "images": images, "video": row.get(video_key) if video_key else None,
+                              "data_source": data_source}))
     return tasks
 
 
@@ -152,7 +155,8 @@ def main(argv: Sequence[str] | None = None, *, modality: Modality) -> list[Path]
     parser.add_argument("--question-key", default="question")
     parser.add_argument("--answer-key", default="answer")
     parser.add_argument("--media-key", default=None, help="image (or video) column; default images / video")
-    parser.add_argument("--answer-type", default="text", help="judge for Hugging Face rows (choice, number, ...)")
+    parser.add_argument("--answer-type", help="judge for Hugging Face rows (choice, number, ...); default: a "
+                        "row's answer_type column, else inferred from its answer")
     args = parser.parse_args(argv)
     if args.val_size < 1:
         parser.error(f"--val-size must be >= 1, got {args.val_size}")

@@ -135,3 +135,13 @@ def test_prepare_data_rejects_the_wrong_modality(tmp_path, capsys):
              modality="image")
     assert "3 tasks are not image tasks (e.g. '0'); use the other recipe" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_hugging_face_rows_without_an_answer_type_are_inferred_not_text():
+    rows = [{"question": "Which is red? (A) sky (B) apple", "answer": "B"}, {"question": "How many?", "answer": "42"},
+            {"question": "Colour?", "answer": "dark red"}, {"question": "Q", "answer": "7", "answer_type": "text"}]
+    tasks = tasks_from_hf(rows, data_source="unit", image_key=None)
+    assert [t.answer_type for t in tasks] == ["choice", "number", "text", "text"]  # the last: its own column
+    assert tasks[1].metadata["inferred"]["answer_type"] == "number"
+    assert [t.answer_type for t in tasks_from_hf(rows, data_source="unit", image_key=None, answer_type="text")] \
+        == ["text"] * 4
