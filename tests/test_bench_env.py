@@ -33,7 +33,7 @@ def test_bench_env_measures_ours_beside_jupyter_and_pyvision_rl(capsys: pytest.C
         assert list(rows) == [key for key, _, _ in bench_env.IMAGE_ROWS], name
         assert all(s["n"] == 2 and s["p50"] > 0 and s["unit"] == "ms" for s in rows.values()), name
     assert {key for _, key, _, _ in bench_video.ROWS} <= set(report["video"])
-    assert report["video"]["ours group"]["n"] == 2 and report["video"]["ours reset"]["n"] == 2
+    assert report["video"]["ours group"]["n"] == 2 and report["video"]["ours reset"]["n"] == 8  # 4 x --repeat
     assert report["video"]["ours reset paced"]["n"] == 2
     video_targets = [t["target"] for t in bench_video.targets(report["video"])]
     image_targets = [label for label, _, _ in bench_env.IMAGE_TARGETS]
