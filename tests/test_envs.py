@@ -14,6 +14,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 from media_utils import make_video
 from PIL import Image
+from process_utils import exited
 
 import pyvision_env  # noqa: F401  (registers the ids)
 from pyvision_env.errors import ConfigError, MediaError
@@ -343,12 +344,6 @@ def test_reset_ends_the_previous_episode_also_when_it_fails(image_task, tmp_path
     def worker_of(env):
         held.append(env.unwrapped._episode.session)
         return psutil.Process(held[-1].pid)
-
-    def exited(process):
-        try:
-            return not process.is_running() or process.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
-        except psutil.NoSuchProcess:
-            return True
 
     env = gym.make("PyVisionImage-v0", tasks=[image_task])
     reset = env.reset if api == "reset" else lambda **kw: asyncio.run(env.unwrapped.areset(**kw))

@@ -19,6 +19,7 @@ import time
 import numpy as np
 import psutil
 import pytest
+from process_utils import exited
 
 from pyvision_env.media.images import fit_pixels
 from pyvision_env.sandbox import Sandbox, SandboxConfig
@@ -271,6 +272,12 @@ def test_host_keyring_is_not_inherited(sandbox):
 # 6. limits that multiply: memfds, children, disk ------------------------------------------------------
 
 
+def _cgroups_of(pid: int | str) -> dict[str, str]:
+    """Controller name ('' for cgroup v2) -> the cgroup of process ``pid`` (or ``"self"``) in it."""
+    with open(f"/proc/{pid}/cgroup") as f:
+        return {n: p for _, names, p in (line.strip().split(":", 2) for line in f) for n in names.split(",")}
+
+
 def _requires_cgroups(sb):
     if not sb.isolation.resources.startswith("cgroup"):
         pytest.skip("no per-episode cgroups on this machine")
@@ -340,23 +347,12 @@ def test_cpu_of_background_children_is_bounded_by_the_episode_quota(sandbox):
 
 def test_episode_cgroups_live_below_the_hosts_own(sandbox):
     _requires_cgroups(sandbox)
-    own = {}
-    with open("/proc/self/cgroup") as f:
-        for line in f:
-            _, names, path = line.strip().split(":", 2)
-            for name in names.split(","):
-                own[name] = path
+    own = _cgroups_of("self")
     with sandbox.session(config=FAST) as s:
-        with open(f"/proc/{s.pid}/cgroup") as f:
-            worker = {n: p for _, names, p in (line.strip().split(":", 2) for line in f) for n in names.split(",")}
+        worker = _cgroups_of(s.pid)
     for controller in ("memory", "pids"):
         prefix = own[controller].rstrip("/") + "/pyvision-"
         assert worker[controller].startswith(prefix), (controller, worker[controller], own[controller])
-
-
-def _episode_cgroups(pid: int) -> dict[str, str]:
-    with open(f"/proc/{pid}/cgroup") as f:
-        return {n: p for _, names, p in (line.strip().split(":", 2) for line in f) for n in names.split(",")}
 
 
 @pytest.mark.parametrize("self_join", [True, False])
@@ -373,7 +369,7 @@ def test_each_worker_is_in_its_own_cgroup_before_it_runs_code(sandbox, monkeypat
         sessions = [sb.session(config=FAST) for _ in range(3)]  # pooled and freshly forked workers
         seen = []
         for s in sessions:
-            cgroups = _episode_cgroups(s.pid)
+            cgroups = _cgroups_of(s.pid)
             assert all("/pyvision-" in cgroups[c] and "/ep-" in cgroups[c] for c in ("memory", "pids")), cgroups
             seen.append(cgroups["memory"])
             r = s.execute("import os\nlinks = []\nfor n in os.listdir('/proc/self/fd'):\n    try:\n"
@@ -505,15 +501,6 @@ def test_oversized_code_is_refused_without_touching_the_worker(sandbox):
 _DEEP_TREE = "import os\nfor _ in range(1500):\n    os.mkdir('d')\n    os.chdir('d')\nopen('leaf', 'w').close()\n"
 
 
-def _exited(process: psutil.Process) -> bool:
-    """Gone, or exited and not reaped yet (a zombie, or dead while its parent reaps it). ``is_running``
-    compares the start time, so a pid reused by another process does not count as this one alive."""
-    try:
-        return not process.is_running() or process.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
-    except psutil.NoSuchProcess:
-        return True
-
-
 @pytest.mark.parametrize("mode", ["private-root", "fallback"])
 def test_a_deep_tree_never_breaks_close(sandbox, fallback, mode):
     from pyvision_env.sandbox._sandbox import _reaper
@@ -525,7 +512,7 @@ def test_a_deep_tree_never_breaks_close(sandbox, fallback, mode):
     worker = psutil.Process(s.pid)
     s.close()  # never raises
     assert _reaper.drain()
-    assert _exited(worker)
+    assert exited(worker)
     assert [n for n in os.listdir(sb.scratch_root) if n.startswith("episode-")] == []
 
 

@@ -106,7 +106,8 @@ class PyVisionEnv(gym.Env[dict, str]):
 
     async def areset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         """:meth:`reset` without blocking the event loop: the session (on a Ray node too) is awaited, the
-        rest (closing the previous episode, decoding inputs) runs in a thread."""
+        rest (picking and checking the task, the first observation) runs in a thread; closing the previous
+        episode only sends a signal."""
         loop = asyncio.get_running_loop()
         previous = self._detach_session()
         try:

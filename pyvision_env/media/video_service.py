@@ -78,7 +78,7 @@ class VideoService:
                 self._send({"op": "attach", "path": path}, fds=[theirs.fileno()], reply=False)
                 self._drain()
                 return ours.detach(), dict(known)
-            reply = self._await(self._send({"op": "attach", "path": path}, fds=[theirs.fileno()]))
+            reply = self._call({"op": "attach", "path": path}, fds=[theirs.fileno()])
         except BaseException:
             ours.close()
             raise
